@@ -1,0 +1,148 @@
+"""Argument checks shared by every loss. They run before any kernel and never sync the host."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Union
+
+import torch
+
+REDUCTIONS = ("none", "mean", "sum", "weighted_mean")
+
+Scalar = Union[float, int, torch.Tensor]
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_tensor(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_floating(name: str, t: torch.Tensor) -> None:
+    if not t.dtype.is_floating_point:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64); "
+            f"got {_describe(t)}")
+
+
+def check_broadcast(name: str, t: torch.Tensor, input: torch.Tensor) -> None:
+    try:
+        out = torch.broadcast_shapes(t.shape, input.shape)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} is not broadcastable to input's shape "
+                         f"{tuple(input.shape)}") from None
+    if tuple(out) != tuple(input.shape):
+        raise ValueError(f"{name} of shape {tuple(t.shape)} would grow the output beyond input's "
+                         f"shape {tuple(input.shape)} (broadcast shape {tuple(out)}); the output "
+                         f"always has input's shape")
+
+
+def check_same_device(name: str, t: torch.Tensor, input: torch.Tensor) -> None:
+    if t.device != input.device:
+        raise ValueError(f"{name} is on {t.device} but input is on {input.device}; "
+                         f"all tensors must be on one device")
+
+
+def check_no_grad(name: str, t: torch.Tensor) -> None:
+    if t.requires_grad:
+        raise TypeError(f"{name} gets no gradient from fusedloss but requires grad; pass "
+                        f"{name}.detach()")
+
+
+def check_param(name: str, value, *, minimum: float = -math.inf, strict: bool = False) -> float:
+    """A finite Python number >= minimum (> minimum when strict)."""
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a real Python number, got {type(value).__name__}")
+    value = float(value)
+    bad = (value <= minimum) if strict else (value < minimum)
+    if not math.isfinite(value) or bad:
+        relation = ">" if strict else ">="
+        bound = f" and {relation} {minimum:g}" if minimum > -math.inf else ""
+        raise ValueError(f"{name} must be finite{bound}, got {value!r}")
+    return value
+
+
+def check_target(input: torch.Tensor, target, *, allow_class_index: bool) -> bool:
+    """Validate target; return True when it holds integer class indices."""
+    check_tensor("target", target)
+    check_same_device("target", target, input)
+    if target.dtype.is_complex:
+        raise TypeError(f"target must be a real tensor; got {_describe(target)}")
+    if not target.dtype.is_floating_point:
+        if allow_class_index and target.dtype != torch.bool:
+            if input.dim() == 0 or tuple(target.shape) != tuple(input.shape[:-1]):
+                raise ValueError(
+                    f"integer target holds class indices and must have shape input.shape[:-1] = "
+                    f"{tuple(input.shape[:-1])}; got {_describe(target)}. For per-class 0/1 "
+                    f"targets of input's shape pass target.float()")
+            return True
+        hint = " (integer targets of shape input.shape[:-1] are class indices)" if allow_class_index else ""
+        raise TypeError(f"target must be a floating-point tensor; got {_describe(target)}. "
+                        f"Pass target.float(){hint}")
+    check_broadcast("target", target, input)
+    return False
+
+
+def check_weight(weight, input: torch.Tensor) -> Optional[torch.Tensor]:
+    if weight is None:
+        return None
+    check_tensor("weight", weight)
+    check_same_device("weight", weight, input)
+    if weight.dtype.is_complex:
+        raise TypeError(f"weight must be bool, integer or floating; got {_describe(weight)}")
+    check_no_grad("weight", weight)
+    check_broadcast("weight", weight, input)
+    return weight
+
+
+def check_scalar_arg(name: str, value, input: torch.Tensor, *, positive: bool):
+    """A Python number or one-element tensor. Returns (float or None, tensor or None).
+
+    Tensor values are never inspected (that would sync the host).
+    """
+    if isinstance(value, torch.Tensor):
+        check_same_device(name, value, input)
+        if value.numel() != 1:
+            raise ValueError(f"{name} tensor must have exactly one element; got {_describe(value)}")
+        if value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name} tensor must have a real numeric dtype; got {_describe(value)}")
+        check_no_grad(name, value)
+        return None, value.reshape(())
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a Python number or a one-element tensor, "
+                        f"got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be finite{' and > 0' if positive else ''}, got {value!r}")
+    return value, None
+
+
+def check_call(input, target, weight, reduction: str, avg_factor, loss_weight, *,
+               allow_class_index: bool = False):
+    """Every check shared by the losses. Returns a tuple of normalised arguments:
+
+    (class_index_target, weight, avg_factor_value, avg_factor_tensor, loss_weight_value,
+    loss_weight_tensor).
+    """
+    check_tensor("input", input)
+    check_floating("input", input)
+    class_index = check_target(input, target, allow_class_index=allow_class_index)
+    weight = check_weight(weight, input)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    af_value = af_tensor = None
+    if avg_factor is not None:
+        if reduction != "mean":
+            raise ValueError(f"avg_factor is only used with reduction='mean', got "
+                             f"reduction={reduction!r}")
+        af_value, af_tensor = check_scalar_arg("avg_factor", avg_factor, input, positive=True)
+    lw_value, lw_tensor = check_scalar_arg("loss_weight", loss_weight, input, positive=False)
+    return class_index, weight, af_value, af_tensor, lw_value, lw_tensor

@@ -1,0 +1,1 @@
+"""Triton code: the engine (``engine``), shared math helpers (``mathlib``) and each family's math."""

@@ -1,0 +1,9 @@
+"""``fusedloss.reference``: the pure-PyTorch executable specification of every loss.
+
+Same signatures and semantics as the fused functions; autograd through torch gives the
+gradients. Also the CPU fallback when Triton cannot run (no TRITON_INTERPRET=1).
+"""
+from ._common import weight_reduce
+from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
+
+__all__ = ["weight_reduce", "huber_loss", "smooth_l1_loss", "l1_loss", "mse_loss"]
