@@ -59,15 +59,18 @@ DOUBLE_BACKWARD_MESSAGE = (
 #: kernel launches by name since import (for benchmarks and the launch-count tests)
 LAUNCH_COUNTS: collections.Counter = collections.Counter()
 
-_CONFIG: dict[str, Any] = {"block": None, "one_launch": False}
+_CONFIG: dict[str, Any] = {"block": None, "one_launch": False, "poison": False}
 
 
 @contextlib.contextmanager
-def engine_config(*, block: Optional[int] = None, one_launch: Optional[bool] = None):
+def engine_config(*, block: Optional[int] = None, one_launch: Optional[bool] = None,
+                  poison: Optional[bool] = None):
     """Temporarily override the launch configuration (tests and tuning).
 
     block: elements per program (a power of two). one_launch: finalise scalar reductions in the
     forward launch itself with an integer ticket (default off until verified on a GPU).
+    poison: fill every buffer the kernels write with NaN first, so an element a kernel forgot
+    to write shows up in a test.
     """
     saved = dict(_CONFIG)
     if block is not None:
@@ -76,6 +79,8 @@ def engine_config(*, block: Optional[int] = None, one_launch: Optional[bool] = N
         _CONFIG["block"] = block
     if one_launch is not None:
         _CONFIG["one_launch"] = bool(one_launch)
+    if poison is not None:
+        _CONFIG["poison"] = bool(poison)
     try:
         yield
     finally:
@@ -92,6 +97,13 @@ def pick_block(n: int) -> int:
     if INTERPRETED:
         return min(max(4096, triton.next_power_of_2(max(1, -(-n // 16)))), 65536)
     return 1024 if n <= 1024 else 4096
+
+
+def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output buffer for a kernel to fill (NaN-poisoned under engine_config(poison=True))."""
+    if _CONFIG["poison"]:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _num_warps(block: int) -> int:
@@ -232,12 +244,12 @@ def launch_forward(spec: LossSpec, input, target, weight, params, reduction, af_
         strides += [0] * MAX_DIMS
     contiguous = plan.contiguous + ((True,) if w is None else ())
 
-    out = torch.empty(meta.loss_shape, dtype=meta.loss_dtype, device=device)
-    gx = torch.empty(shape, dtype=meta.gx_dtype, device=device) if need_gx else None
+    out = _alloc(meta.loss_shape, meta.loss_dtype, device)
+    gx = _alloc(shape, meta.gx_dtype, device) if need_gx else None
     gt_full = None
     if need_gt:
         gt_dtype = meta.acc_dtype if meta.target_reduce_dims else meta.gt_dtype
-        gt_full = torch.empty(shape, dtype=gt_dtype, device=device)
+        gt_full = _alloc(shape, gt_dtype, device)
 
     lw_f = 1.0 if lw_value is None else lw_value
     denom_ptr, denom_mult, zero_safe = out, 1, False
@@ -264,7 +276,7 @@ def launch_forward(spec: LossSpec, input, target, weight, params, reduction, af_
         finalize = K.FINALIZE_SINGLE
     else:
         finalize = K.FINALIZE_TICKET if _CONFIG["one_launch"] else K.FINALIZE_PARTIALS
-    partials = (torch.empty(grid, dtype=meta.acc_dtype, device=device)
+    partials = (_alloc((grid,), meta.acc_dtype, device)
                 if reduction != "none" and grid > 1 else out)
     counter = _ticket_counter(device) if finalize == K.FINALIZE_TICKET else out
     acc = _TL_DTYPES[meta.acc_dtype]
@@ -344,7 +356,7 @@ def fused_scalar_grads(state, go, buffers, dtypes):
         if g is None:
             grads.append(None)
         elif g.dtype != dtype:  # fp16 gradient kept in fp32: never mutated, always rescaled
-            out = torch.empty(g.shape, dtype=dtype, device=g.device)
+            out = _alloc(g.shape, dtype, g.device)
             _rescale(g, out, go)
             grads.append(out)
         elif first:
@@ -354,7 +366,7 @@ def fused_scalar_grads(state, go, buffers, dtypes):
             _rescale(g, g, go, record=record, skip_if_one=True)
             grads.append(g)
         else:
-            out = torch.empty_like(g)
+            out = _alloc(g.shape, g.dtype, g.device)
             _rescale(g, out, go, ref=state.go_record)
             grads.append(out)
     return grads
