@@ -1,13 +1,15 @@
 """fusedloss: fused Triton losses (loss + mask + reduction + gradient in one pass) for PyTorch."""
-from . import reference
+from . import distributed, reference
 from ._engine import REGISTRY, engine_config
 from .regression import (HuberLoss, L1Loss, MSELoss, SmoothL1Loss, huber_loss, l1_loss,
                          mse_loss, smooth_l1_loss)
+from .shrinkage import ShrinkageLoss, shrinkage_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "reference", "REGISTRY", "engine_config",
+    "reference", "distributed", "REGISTRY", "engine_config",
     "huber_loss", "smooth_l1_loss", "l1_loss", "mse_loss",
     "HuberLoss", "SmoothL1Loss", "L1Loss", "MSELoss",
+    "shrinkage_loss", "ShrinkageLoss",
 ]
