@@ -87,7 +87,15 @@ def check_target(input: torch.Tensor, target, *, allow_class_index: bool) -> boo
         hint = " (integer targets of shape input.shape[:-1] are class indices)" if allow_class_index else ""
         raise TypeError(f"target must be a floating-point tensor; got {_describe(target)}. "
                         f"Pass target.float(){hint}")
-    check_broadcast("target", target, input)
+    try:
+        check_broadcast("target", target, input)
+    except ValueError:
+        if allow_class_index and input.dim() >= 1 and tuple(target.shape) == tuple(input.shape[:-1]):
+            raise ValueError(
+                f"target of shape {tuple(target.shape)} = input.shape[:-1] looks like class "
+                f"indices but has dtype {target.dtype}; pass target.long() (or per-class targets "
+                f"of input's shape {tuple(input.shape)})") from None
+        raise
     return False
 
 
