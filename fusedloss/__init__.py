@@ -4,6 +4,8 @@ from ._engine import REGISTRY, engine_config
 from .regression import (HuberLoss, L1Loss, MSELoss, SmoothL1Loss, huber_loss, l1_loss,
                          mse_loss, smooth_l1_loss)
 from .shrinkage import ShrinkageLoss, shrinkage_loss
+from .focal import (FocalLoss, QualityFocalLoss, VarifocalLoss, quality_focal_loss,
+                    sigmoid_focal_loss, varifocal_loss)
 
 __version__ = "0.1.0"
 
@@ -12,4 +14,6 @@ __all__ = [
     "huber_loss", "smooth_l1_loss", "l1_loss", "mse_loss",
     "HuberLoss", "SmoothL1Loss", "L1Loss", "MSELoss",
     "shrinkage_loss", "ShrinkageLoss",
+    "sigmoid_focal_loss", "quality_focal_loss", "varifocal_loss",
+    "FocalLoss", "QualityFocalLoss", "VarifocalLoss",
 ]

@@ -78,6 +78,12 @@ def check_target(input: torch.Tensor, target, *, allow_class_index: bool) -> boo
         raise TypeError(f"target must be a real tensor; got {_describe(target)}")
     if not target.dtype.is_floating_point:
         if allow_class_index and target.dtype != torch.bool:
+            if input.dim() > 0 and tuple(target.shape) == tuple(input.shape):
+                raise TypeError(
+                    f"integer target of input's own shape {tuple(input.shape)} (dtype "
+                    f"{target.dtype}) looks like per-class 0/1 labels: pass target.float(). "
+                    f"Integer targets are class indices of shape input.shape[:-1] = "
+                    f"{tuple(input.shape[:-1])}")
             if input.dim() == 0 or tuple(target.shape) != tuple(input.shape[:-1]):
                 raise ValueError(
                     f"integer target holds class indices and must have shape input.shape[:-1] = "

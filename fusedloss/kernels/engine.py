@@ -121,9 +121,13 @@ def loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr,
 def sum_partials(partial_ptr, count, ACC: tl.constexpr, RBLOCK: tl.constexpr):
     """Sum ``count`` partials in a fixed order (tile by tile, then a fixed tree)."""
     acc = tl.zeros([RBLOCK], ACC)
-    for start in range(0, count, RBLOCK):
+    # a while loop: triton 3.6's interpreter rejects range() over a runtime bound that was
+    # passed into a nested jit function (3.9 accepts both)
+    start = 0
+    while start < count:
         idx = start + tl.arange(0, RBLOCK)
         acc += tl.load(partial_ptr + idx, mask=idx < count, other=0.0, cache_modifier=".cg")
+        start += RBLOCK
     return tl.sum(acc, axis=0)
 
 

@@ -6,5 +6,7 @@ gradients. Also the CPU fallback when Triton cannot run (no TRITON_INTERPRET=1).
 from ._common import weight_reduce
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 from .shrinkage import shrinkage_loss
+from .focal import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
-__all__ = ["weight_reduce", "huber_loss", "smooth_l1_loss", "l1_loss", "mse_loss", "shrinkage_loss"]
+__all__ = ["weight_reduce", "huber_loss", "smooth_l1_loss", "l1_loss", "mse_loss", "shrinkage_loss",
+           "sigmoid_focal_loss", "quality_focal_loss", "varifocal_loss"]

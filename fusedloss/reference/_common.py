@@ -23,12 +23,12 @@ def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
 def prepare(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor]):
     """Upcast to the compute dtype and blank the elements a zero weight excludes.
 
-    Returns (x, t, w) with w None or in the compute dtype. Blanking x and t (not just the loss)
+    Returns (x, t, w): x and t of input's shape, w None or in the compute dtype. Blanking x and t (not just the loss)
     keeps NaN/inf out of the value *and* the autograd gradient of excluded elements.
     """
     acc = compute_dtype(input, target if target.dtype.is_floating_point else None, weight)
     x = input.to(acc)
-    t = target.to(acc)
+    t = target.to(acc).expand(input.shape)  # a broadcast target, for formulas that need one shape
     if weight is None:
         return x, t, None
     w = weight.to(acc)
