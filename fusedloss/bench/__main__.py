@@ -1,0 +1,4 @@
+"""``python -m fusedloss.bench``: same as the ``fusedloss-bench`` console script."""
+from . import main
+
+raise SystemExit(main())
