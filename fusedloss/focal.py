@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import torch
 
+from ._docs import fill
 from ._engine import FusedLossModule, register_loss
 from ._validate import check_param
 from .kernels import focal as math
@@ -43,25 +44,14 @@ _COMMON_DOC = """
         targets: floating targets in [0, 1] (hard or soft), broadcastable to ``inputs.shape``
             (read without a copy; its gradient, when it requires grad, is reduced over the
             broadcast dimensions). {targets_extra}
-        reduction: ``"none"`` | ``"mean"`` (sum / numel, or / avg_factor) | ``"sum"`` |
-            ``"weighted_mean"`` (sum(w*l) / sum(w) over the broadcast weight; 0 when sum(w) == 0).
-        weight: bool, integer or floating tensor broadcastable to ``inputs.shape`` (e.g. a
-            per-anchor ``(N, 1)`` weight), never expanded into a copy. A zero weight excludes
-            its element from loss and gradient even where input or target is NaN/inf.
-        avg_factor: with ``"mean"`` only: a number > 0 or a one-element tensor (never read on
-            the host, e.g. ``num_pos.clamp_min(1)`` after an all-reduce).
         from_logits: ``False`` takes probabilities p in [0, 1] (mmdet ``activated=True``) and
             copies ``F.binary_cross_entropy``: logs clamped at -100, d/dp =
             (p - t) / max(p (1 - p), 1e-12) (torch's float32 1e-12, in float64 too),
             d/dt = log(1 - p) - log(p) (+-inf at p in {0, 1}).
             p outside [0, 1] is not checked (that would sync the host) and gives NaN.
-        loss_weight: number or 0-d tensor multiplying the loss; folded into the gradient the
-            forward writes, so the backward of ``sum(losses)`` costs no pass over memory.
+{engine_args}
 
-    Returns:
-        ``"none"``: a contiguous tensor of ``inputs.shape`` and dtype
-        ``torch.result_type(inputs, targets)`` (inputs' dtype for class indices). Otherwise a
-        0-d tensor, float32 for float16/bfloat16 inputs, float64 for float64.
+{engine_returns}
 
     Numerics: stable for any finite logit (no overflow at +-1e4 in any dtype); fp16/bf16 are
     computed in fp32. Gradients are analytic. Where the literal autograd of the formula is
@@ -69,9 +59,6 @@ _COMMON_DOC = """
     for 0 < g < 1 once p_t rounds to 1 (torchvision is NaN there for |x| >= ~37 in float64,
     ~17 in float32), |t - s(x)|^(b-1) at t == s(x) for b < 1 (0, the symmetric choice, as the
     derivative of ``abs`` at 0), and probabilities with p == t in {0, 1}.
-
-    CUDA tensors run the fused Triton kernels; CPU tensors run them under the Triton interpreter
-    when ``TRITON_INTERPRET=1`` is set before import, and otherwise use ``fusedloss.reference``.
 """
 
 
@@ -194,7 +181,9 @@ _TARGETS_EXTRA = {
     varifocal_loss: "",
 }
 for _fn, _extra in _TARGETS_EXTRA.items():
-    _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_DOC.replace("{targets_extra}", _extra))
+    _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_DOC)
+    fill(_fn, input="inputs", target="targets", dtype_note=" (inputs' dtype for class indices)",
+         targets_extra=_extra)
 
 
 class FocalLoss(FusedLossModule):

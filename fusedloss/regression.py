@@ -11,6 +11,7 @@ from typing import Optional, Union
 import torch
 
 from . import reference
+from ._docs import fill
 from ._engine import FusedLossModule, register_loss
 from ._validate import check_param
 from .kernels import regression as math
@@ -22,29 +23,14 @@ _SMOOTH_L1 = register_loss("smooth_l1_loss", math.smooth_l1, reference.smooth_l1
 _L1 = register_loss("l1_loss", math.l1, reference.l1_loss)
 _MSE = register_loss("mse_loss", math.mse, reference.mse_loss)
 
-_COMMON_DOC = """
+_INPUT_TARGET_DOC = """
     Args:
         input: prediction, any shape, float16/bfloat16/float32/float64 (any strides).
-        target: same dtype family, broadcastable to ``input.shape`` (read without a copy; its
-            gradient is reduced over the broadcast dimensions). Its dtype may differ from input's.
-        reduction: ``"none"`` | ``"mean"`` (sum / numel, or / avg_factor) | ``"sum"`` |
-            ``"weighted_mean"`` (sum(w*l) / sum(w) over the broadcast weight; 0 when sum(w) == 0).
-        weight: bool, integer or floating tensor broadcastable to ``input.shape``, never
-            expanded into a copy. A zero weight excludes its element from loss and gradient even
-            where input or target is NaN/inf.
-        avg_factor: with ``"mean"`` only: a number > 0 or a one-element tensor (never read on the
-            host, so it may come from an all-reduce).
-        loss_weight: number or 0-d tensor multiplying the loss; folded into the gradient the
-            forward writes, so the backward of ``sum(losses)`` costs no pass over memory.
+        target: floating, broadcastable to ``input.shape`` (read without a copy; its gradient is
+            reduced over the broadcast dimensions). Its dtype may differ from input's.
+{engine_args}
 
-    Returns:
-        ``"none"``: a contiguous tensor of ``input.shape`` and dtype
-        ``torch.result_type(input, target)``. Otherwise a 0-d tensor, float32 for
-        float16/bfloat16 inputs (what torch returns under autocast), float64 for float64.
-
-    CUDA tensors run the fused Triton kernels; CPU tensors run them under the Triton
-    interpreter when ``TRITON_INTERPRET=1`` is set before import, and otherwise use
-    ``fusedloss.reference`` (pure PyTorch).
+{engine_returns}
 """
 
 
@@ -125,7 +111,8 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
 
 
 for _fn in (huber_loss, smooth_l1_loss, l1_loss, mse_loss):
-    _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_DOC)
+    _fn.__doc__ = _fn.__doc__.replace("{common}", _INPUT_TARGET_DOC)
+    fill(_fn)
 
 
 class HuberLoss(FusedLossModule):

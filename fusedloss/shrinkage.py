@@ -8,6 +8,7 @@ from typing import Optional, Union
 
 import torch
 
+from ._docs import fill
 from ._engine import FusedLossModule, register_loss
 from ._validate import check_param
 from .kernels import shrinkage as math
@@ -48,28 +49,13 @@ def shrinkage_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "
         input: prediction P, any shape, float16/bfloat16/float32/float64 (any strides).
         target: label Y, floating, broadcastable to ``input.shape`` (read without a copy; its
             gradient is reduced over the broadcast dimensions). Its dtype may differ from input's.
-        reduction: ``"none"`` | ``"mean"`` (sum / numel, or / avg_factor) | ``"sum"`` |
-            ``"weighted_mean"`` (sum(w*L) / sum(w) over the broadcast weight; 0 when sum(w) == 0).
         a: shrinkage speed, finite and > 0 (ValueError otherwise).
         c: localisation of the shrinkage, any finite number (negative too; ValueError for
             NaN/inf).
         exp_target_weight: multiply by exp(Y) as in the paper (False: plain l^2 modulated).
-        weight: bool, integer or floating tensor broadcastable to ``input.shape``, never
-            expanded into a copy. A zero weight excludes its element from loss and gradient even
-            where input or target is NaN/inf.
-        avg_factor: with ``"mean"`` only: a number > 0 or a one-element tensor (never read on the
-            host, so it may come from an all-reduce).
-        loss_weight: number or 0-d tensor multiplying the loss; folded into the gradient the
-            forward writes, so the backward of ``sum(losses)`` costs no pass over memory.
+{engine_args}
 
-    Returns:
-        ``"none"``: a contiguous tensor of ``input.shape`` and dtype
-        ``torch.result_type(input, target)``. Otherwise a 0-d tensor, float32 for
-        float16/bfloat16 inputs (what torch returns under autocast), float64 for float64.
-
-    CUDA tensors run the fused Triton kernels; CPU tensors run them under the Triton
-    interpreter when ``TRITON_INTERPRET=1`` is set before import, and otherwise use
-    ``fusedloss.reference`` (pure PyTorch).
+{engine_returns}
 
     Example (a tracker's response maps, one Gaussian label shared by the batch)::
 
@@ -88,6 +74,9 @@ def shrinkage_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "
         raise TypeError(f"exp_target_weight must be a bool, got {type(exp_target_weight).__name__}")
     params = (a, c, 1.0 if exp_target_weight else 0.0)
     return _SHRINKAGE(input, target, params, reduction, weight, avg_factor, loss_weight)
+
+
+fill(shrinkage_loss)
 
 
 class ShrinkageLoss(FusedLossModule):

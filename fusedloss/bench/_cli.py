@@ -61,6 +61,15 @@ def _check_stop() -> None:
         raise _Stopped(_STOP["requested"])
 
 
+def _stop_reason(exc: BaseException) -> str:
+    """Why a run stopped early; re-raises any error that is not a requested stop."""
+    if isinstance(exc, (_Stopped, KeyboardInterrupt)):
+        return f"interrupted ({exc or type(exc).__name__})"
+    if not _STOP["requested"]:
+        raise exc
+    return f"interrupted ({_STOP['requested']})"
+
+
 # --------------------------------------------------------------------------- argument parsing
 
 def parse_sizes(text: str) -> list:
@@ -461,12 +470,8 @@ def run(argv: list, cfg: dict, device: torch.device, out_dir: str) -> dict:
         if cfg["matrix"]:
             stopped = _matrix(doc, cfg, cases, device, env, timer, copy_gbps, out_dir,
                               out_of_time)
-    except (_Stopped, KeyboardInterrupt) as e:
-        stopped = f"interrupted ({e or type(e).__name__})"
-    except Exception:
-        if not _STOP["requested"]:
-            raise
-        stopped = f"interrupted ({_STOP['requested']})"
+    except (Exception, KeyboardInterrupt) as e:
+        stopped = _stop_reason(e)
     finally:
         if prev_handler is not None:
             signal.signal(signal.SIGTERM, prev_handler)
@@ -568,12 +573,8 @@ def _matrix(doc, cfg, cases, device, env, timer, copy_gbps, out_dir, out_of_time
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 _write(doc, out_dir, png=False)
-    except (_Stopped, KeyboardInterrupt) as e:
-        stopped = f"interrupted ({e or type(e).__name__})"
-    except Exception:
-        if not _STOP["requested"]:
-            raise
-        stopped = f"interrupted ({_STOP['requested']})"
+    except (Exception, KeyboardInterrupt) as e:
+        stopped = _stop_reason(e)
     finally:
         bar.close()
     return stopped
