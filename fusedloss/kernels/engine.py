@@ -131,7 +131,9 @@ def sum_partials(partial_ptr, count, ACC: tl.constexpr, RBLOCK: tl.constexpr):
     return tl.sum(acc, axis=0)
 
 
-@triton.jit
+# Integer arguments equal to 1 are compile-time constants by default (they have no ``.to``) and
+# every distinct n would otherwise pick its own specialisation: n and friends stay runtime values.
+@triton.jit(do_not_specialize=["n", "num_classes", "denom_mult"])
 def fused_loss_fwd_kernel(
     x_ptr, t_ptr, w_ptr,
     out_ptr, gx_ptr, gt_ptr,
@@ -218,7 +220,7 @@ def fused_loss_fwd_kernel(
                     tl.store(counter_ptr, 0)  # ready for the next call, no memset launch
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["count", "n", "denom_mult"])
 def finalize_kernel(partial_ptr, out_ptr, denom_ptr, lw_ptr,
                     count, n, denom_mult, lw_f,
                     DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
@@ -228,7 +230,7 @@ def finalize_kernel(partial_ptr, out_ptr, denom_ptr, lw_ptr,
     store_rounded(out_ptr, total * scale, None)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def rescale_kernel(g_ptr, out_ptr, go_ptr, ref_ptr, record_ptr, n,
                    SKIP_IF_EQUAL: tl.constexpr, HAS_REF: tl.constexpr, RECORD: tl.constexpr,
                    ACC: tl.constexpr, BLOCK: tl.constexpr):

@@ -1,0 +1,110 @@
+"""Compile, for an NVIDIA GPU, every kernel variant the launcher emits, on a machine without one.
+
+The Triton interpreter runs the kernels' Python semantics but never compiles them, so compile
+errors (e.g. calling ``.to`` on an int argument that the runtime specialised to the constant 1)
+would only show on a GPU. Here ``JITFunction.run`` is replaced by a function that builds the
+signature with Triton's own runtime specialisation (``native_specialize_impl``) and compiles it
+down to a cubin with the bundled ptxas; then the public API is driven through a matrix of cases
+with CPU tensors (nothing is launched, so the results are never read).
+
+Run without TRITON_INTERPRET: ``python tests/compile_for_gpu.py [sm]`` (default sm 90).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+assert not os.environ.get("TRITON_INTERPRET"), "run without TRITON_INTERPRET"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import JITFunction, native_specialize_impl  # noqa: E402
+
+import fusedloss as fl  # noqa: E402
+from fusedloss import _engine  # noqa: E402
+
+TARGET = GPUTarget("cuda", int(sys.argv[1]) if len(sys.argv) > 1 else 90, 32)
+BACKEND = CUDABackend(TARGET)
+COMPILED: dict = {}
+
+
+def compile_instead_of_launch(self, *args, grid, warmup=False, **kwargs):
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    bound = dict(zip(self.arg_names, args))
+    bound.update(kwargs)
+    signature, constexprs = {}, {}
+    for param in self.params:
+        value = bound[param.name]
+        if param.is_constexpr:
+            kind = "constexpr"
+        else:
+            kind, _ = native_specialize_impl(BACKEND, value, False, not param.do_not_specialize,
+                                             not param.do_not_specialize_on_alignment)
+        signature[param.name] = kind
+        if kind == "constexpr":
+            constexprs[param.name] = value
+    key = (self.fn.__name__, tuple(signature.items()),
+           tuple((k, getattr(v, "__name__", repr(v))) for k, v in constexprs.items()), tuple(options.items()))
+    if key not in COMPILED:
+        kernel = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs),
+                                target=TARGET, options=options)
+        COMPILED[key] = len(kernel.asm["cubin"])
+
+
+def cases():
+    """(public function, kwargs, input factory) covering every branch of the launcher."""
+    f32, f16, bf16, f64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+
+    def xt(shape=(64, 8), xd=f32, td=f32, t_shape=None):
+        x = torch.randn(shape, dtype=xd).requires_grad_(True)
+        t = torch.randn(t_shape or shape, dtype=td).requires_grad_(True)
+        return x, t
+
+    every_loss = [(fl.huber_loss, {"delta": 0.5}), (fl.smooth_l1_loss, {"beta": 0.5}),
+                  (fl.l1_loss, {}), (fl.mse_loss, {}), (fl.shrinkage_loss, {}),
+                  (fl.sigmoid_focal_loss, {}), (fl.sigmoid_focal_loss, {"from_logits": False}),
+                  (fl.quality_focal_loss, {}), (fl.quality_focal_loss, {"from_logits": False}),
+                  (fl.varifocal_loss, {}), (fl.varifocal_loss, {"from_logits": False})]
+    for fn, params in every_loss:  # each loss's math: scalar and "none", fp32 and bf16
+        yield fn, dict(params, reduction="mean"), lambda: xt()
+        yield fn, dict(params, reduction="none"), lambda: xt(xd=bf16, td=bf16)
+    h = fl.huber_loss
+    one = torch.ones(())
+    yield h, {"reduction": "weighted_mean", "weight": torch.rand(64, 8) > 0.5}, lambda: xt()
+    yield h, {"reduction": "weighted_mean", "weight": torch.rand(1, 8)}, lambda: xt()
+    yield h, {"reduction": "mean", "avg_factor": torch.tensor(3), "loss_weight": one * 0.5}, lambda: xt(xd=f16, td=f32)
+    yield h, {"reduction": "sum", "weight": torch.randint(0, 3, (4, 1, 8), dtype=torch.uint8)}, \
+        lambda: xt((5, 4, 6, 8), t_shape=(4, 6, 8))
+    yield h, {"reduction": "mean"}, lambda: xt((1,))  # n == 1
+    yield h, {"reduction": "mean"}, lambda: xt(xd=f64, td=f64)
+    yield h, {"reduction": "none", "weight": torch.rand(64, 1)}, lambda: xt(xd=f16, td=f16, t_shape=(8,))
+    yield fl.sigmoid_focal_loss, {"reduction": "sum"}, \
+        lambda: (torch.randn(64, 8, requires_grad=True), torch.randint(0, 9, (64,)))
+    yield fl.sigmoid_focal_loss, {"reduction": "mean", "weight": torch.rand(64, 1)}, \
+        lambda: (torch.randn(64, 8, dtype=bf16, requires_grad=True), torch.randint(0, 9, (64,), dtype=torch.int32))
+
+
+def main() -> int:
+    JITFunction.run = compile_instead_of_launch
+    _engine.uses_triton = lambda device: True
+    for one_launch in (False, True):
+        for fn, kwargs, make in cases():
+            x, t = make()
+            with fl.engine_config(block=64, one_launch=one_launch):  # several programs
+                loss = fn(x, t, **kwargs)
+                go = torch.ones_like(loss) if loss.dim() == 0 else torch.rand_like(loss)
+                needs = [v for v in (x, t) if v.requires_grad]
+                torch.autograd.grad(loss, needs, go, retain_graph=True)
+                torch.autograd.grad(loss, needs, go)  # the retained graph's second backward
+    names = sorted({key[0] for key in COMPILED})
+    print(f"compiled {len(COMPILED)} kernel variants for sm_{TARGET.arch} ({', '.join(names)}) "
+          f"with triton {triton.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
