@@ -453,3 +453,32 @@ def test_cpu_fallback_without_interpreter_uses_reference():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert "fallback ok" in res.stdout
+
+
+# ----------------------------------------------------------------- edge values
+
+@pytest.mark.parametrize("fn,tfn", [(fl.mse_loss, F.mse_loss), (fl.huber_loss, F.huber_loss)])
+def test_fp16_overflow_like_torch_and_finite_fp32_reductions(fn, tfn):
+    x = torch.full((4096,), 300.0, device=DEVICE, dtype=torch.float16, requires_grad=True)
+    t = torch.full((4096,), -300.0, device=DEVICE, dtype=torch.float16)
+    none = fn(x, t, "none", delta=1.0) if fn is fl.huber_loss else fn(x, t, "none")
+    eager = tfn(x, t, reduction="none")
+    assert torch.equal(torch.isinf(none), torch.isinf(eager))  # mse: 360000 > 65504 -> inf
+    total = fn(x, t, "sum")
+    exact = tfn(x.double(), t.double(), reduction="sum")
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    assert rel_err(total, exact) <= 1e-6
+    g, = torch.autograd.grad(fn(x, t, "mean"), x, torch.tensor(2.0 ** 10, device=DEVICE))
+    x64 = x.detach().double().requires_grad_(True)
+    g_exact, = torch.autograd.grad(tfn(x64, t.double()) * 2.0 ** 10, x64)
+    assert torch.equal(g, g_exact.half())
+
+
+def test_subnormal_differences_survive():
+    tiny = torch.finfo(torch.float32).tiny
+    x = torch.tensor([tiny / 8, -tiny / 64, 3 * tiny / 1024, 0.0], device=DEVICE, requires_grad=True)
+    t = torch.zeros(4, device=DEVICE)
+    for fn, tfn in ((fl.huber_loss, F.huber_loss), (fl.l1_loss, F.l1_loss)):
+        ours, = torch.autograd.grad(fn(x, t, "sum"), x)
+        eager, = torch.autograd.grad(tfn(x, t, reduction="sum"), x)
+        assert torch.equal(ours, eager)  # subnormal gradients, not flushed to zero
