@@ -214,6 +214,8 @@ def _meta(input, target, weight, reduction, class_index) -> _Meta:
 # --------------------------------------------------------------------------- launcher
 
 _TICKETS: dict = {}
+# kernel size/stride arguments when every operand is contiguous (unused by the kernel then)
+_CONTIGUOUS_ARGS = [1] * (4 * MAX_DIMS)
 
 
 def _ticket_counter(device: torch.device) -> torch.Tensor:
@@ -231,18 +233,25 @@ def launch_forward(spec: LossSpec, input, target, weight, params, reduction, af_
     n = input.numel()
     device = input.device
 
-    t_view = target.unsqueeze(-1).expand(shape) if class_index else target.expand(shape)
-    operands = [input, t_view] + ([weight.expand(shape)] if weight is not None else [])
-    plan = collapse(shape, [op.stride() for op in operands])
-    if plan.ndim > MAX_DIMS:  # rare: copy the operands rather than fail
-        operands = [op.contiguous() for op in operands]
+    if (not class_index and input.is_contiguous() and target.is_contiguous()
+            and tuple(target.shape) == shape and (weight is None or (
+                weight.is_contiguous() and tuple(weight.shape) == shape))):
+        # the common case: every operand contiguous in input's shape, no index arithmetic
+        x, t, w = input, target, weight
+        ndim, strides, contiguous = 1, _CONTIGUOUS_ARGS, (True, True, True)
+    else:
+        t_view = target.unsqueeze(-1).expand(shape) if class_index else target.expand(shape)
+        operands = [input, t_view] + ([weight.expand(shape)] if weight is not None else [])
         plan = collapse(shape, [op.stride() for op in operands])
-    x, t = operands[0], operands[1]
-    w = operands[2] if weight is not None else None
-    strides = plan.kernel_args()
-    if w is None:
-        strides += [0] * MAX_DIMS
-    contiguous = plan.contiguous + ((True,) if w is None else ())
+        if plan.ndim > MAX_DIMS:  # rare: copy the operands rather than fail
+            operands = [op.contiguous() for op in operands]
+            plan = collapse(shape, [op.stride() for op in operands])
+        x, t = operands[0], operands[1]
+        w = operands[2] if weight is not None else None
+        ndim, strides = plan.ndim, plan.kernel_args()
+        if w is None:
+            strides += [0] * MAX_DIMS
+        contiguous = plan.contiguous + ((True,) if w is None else ())
 
     out = _alloc(meta.loss_shape, meta.loss_dtype, device)
     gx = _alloc(shape, meta.gx_dtype, device) if need_gx else None
@@ -290,7 +299,7 @@ def launch_forward(spec: LossSpec, input, target, weight, params, reduction, af_
             partials, counter, denom_ptr, lw_ptr,
             n, shape[-1] if class_index else 1, denom_mult, lw_f,
             *p, *strides,
-            MATH=spec.math, NDIM=plan.ndim,
+            MATH=spec.math, NDIM=ndim,
             X_CONTIG=contiguous[0], T_CONTIG=contiguous[1], W_CONTIG=contiguous[2],
             HAS_W=w is not None, T_INDEX=class_index, REDUCE=0 if reduction == "none" else 1,
             DENOM=denom, ZERO_SAFE=zero_safe, HAS_LW_PTR=lw_tensor is not None,

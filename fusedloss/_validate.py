@@ -34,6 +34,10 @@ def check_floating(name: str, t: torch.Tensor) -> None:
 
 
 def check_broadcast(name: str, t: torch.Tensor, input: torch.Tensor) -> None:
+    shape, full = tuple(t.shape), tuple(input.shape)
+    if shape == full or (len(shape) <= len(full) and all(
+            a == b or a == 1 for a, b in zip(reversed(shape), reversed(full)))):
+        return  # fast path (torch.broadcast_shapes costs ~20 us a call)
     try:
         out = torch.broadcast_shapes(t.shape, input.shape)
     except RuntimeError:
