@@ -29,30 +29,35 @@ from fusedloss import _engine  # noqa: E402
 
 TARGET = GPUTarget("cuda", int(sys.argv[1]) if len(sys.argv) > 1 else 90, 32)
 BACKEND = CUDABackend(TARGET)
-COMPILED: dict = {}
+COMPILED: dict = {}  # compile key -> PTX
+LAST_PTX: dict = {}  # kernel name -> PTX of its latest "launch"
+LAUNCHED: list = []  # (kernel name, PTX) of every "launch"
 
 
 def compile_instead_of_launch(self, *args, grid, warmup=False, **kwargs):
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     bound = dict(zip(self.arg_names, args))
     bound.update(kwargs)
-    signature, constexprs = {}, {}
-    for param in self.params:
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(self.params):
         value = bound[param.name]
-        if param.is_constexpr:
-            kind = "constexpr"
-        else:
-            kind, _ = native_specialize_impl(BACKEND, value, False, not param.do_not_specialize,
-                                             not param.do_not_specialize_on_alignment)
+        kind, attr = "constexpr", None
+        if not param.is_constexpr:
+            kind, attr = native_specialize_impl(BACKEND, value, False, not param.do_not_specialize,
+                                                not param.do_not_specialize_on_alignment)
         signature[param.name] = kind
         if kind == "constexpr":
             constexprs[param.name] = value
-    key = (self.fn.__name__, tuple(signature.items()),
+        if attr == "D":  # divisible by 16, as the runtime tells the compiler
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    key = (self.fn.__name__, tuple(signature.items()), tuple(sorted(attrs)),
            tuple((k, getattr(v, "__name__", repr(v))) for k, v in constexprs.items()), tuple(options.items()))
     if key not in COMPILED:
-        kernel = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs),
-                                target=TARGET, options=options)
-        COMPILED[key] = len(kernel.asm["cubin"])
+        kernel = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs,
+                                          attrs=attrs), target=TARGET, options=options)
+        COMPILED[key] = kernel.asm["ptx"]
+    LAST_PTX[self.fn.__name__] = COMPILED[key]
+    LAUNCHED.append((self.fn.__name__, COMPILED[key]))
 
 
 def cases():
@@ -100,6 +105,27 @@ def main() -> int:
                 needs = [v for v in (x, t) if v.requires_grad]
                 torch.autograd.grad(loss, needs, go, retain_graph=True)
                 torch.autograd.grad(loss, needs, go)  # the retained graph's second backward
+    # the contiguous fast path moves memory in 16-byte vectors (fp32: v4.b32); a masked access
+    # loses them if the runtime cannot see that n is divisible by 16 (e.g. do_not_specialize)
+    x = torch.randn(1 << 20, requires_grad=True)
+    fl.huber_loss(x, torch.randn(1 << 20), "mean")
+    ptx = LAST_PTX["fused_loss_fwd_kernel"]
+    vector_loads, scalar_loads = ptx.count("ld.global.v4.b32"), ptx.count("ld.global.b32")
+    print(f"contiguous fp32 forward: {vector_loads} ld.global.v4.b32, {scalar_loads} ld.global.b32, "
+          f"{ptx.count('st.global.v4.b32')} st.global.v4.b32")
+    if vector_loads == 0 or scalar_loads:
+        print("FAIL: the contiguous fp32 forward is not vectorised")
+        return 1
+    LAUNCHED.clear()
+    for go in (1.0, 3.0):  # first backward (branch on grad_output) and a retained graph's second
+        x.grad = None
+        loss = fl.huber_loss(x, torch.randn(1 << 20), "mean")
+        loss.backward(torch.tensor(go), retain_graph=True)
+        loss.backward(torch.tensor(go))
+    rescales = [ptx for name, ptx in LAUNCHED if name == "rescale_kernel"]
+    if len(rescales) != 4 or not all("ld.global.v4.b32" in ptx for ptx in rescales):
+        print("FAIL: the rescale of an fp32 gradient is not vectorised")
+        return 1
     names = sorted({key[0] for key in COMPILED})
     print(f"compiled {len(COMPILED)} kernel variants for sm_{TARGET.arch} ({', '.join(names)}) "
           f"with triton {triton.__version__}")

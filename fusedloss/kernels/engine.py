@@ -106,9 +106,9 @@ def loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr,
         scale = lw
     else:
         if DENOM == 1:
-            denom = n.to(ACC)
+            denom = tl.cast(n, ACC)
         else:
-            denom = tl.load(denom_ptr).to(ACC) * denom_mult.to(ACC)
+            denom = tl.load(denom_ptr).to(ACC) * tl.cast(denom_mult, ACC)
         if ZERO_SAFE:
             safe = tl.where(denom != 0, denom, 1.0)
             scale = tl.where(denom != 0, lw / safe, 0.0)
@@ -131,9 +131,10 @@ def sum_partials(partial_ptr, count, ACC: tl.constexpr, RBLOCK: tl.constexpr):
     return tl.sum(acc, axis=0)
 
 
-# Integer arguments equal to 1 are compile-time constants by default (they have no ``.to``) and
-# every distinct n would otherwise pick its own specialisation: n and friends stay runtime values.
-@triton.jit(do_not_specialize=["n", "num_classes", "denom_mult"])
+# Integer arguments are specialised by the runtime: a value of 1 becomes a compile-time constant
+# (no ``.to``: convert with tl.cast) and divisibility by 16 is recorded, which lets masked loads
+# and stores be vectorised. Do not mark n do_not_specialize: that drops the divisibility too.
+@triton.jit
 def fused_loss_fwd_kernel(
     x_ptr, t_ptr, w_ptr,
     out_ptr, gx_ptr, gt_ptr,
@@ -220,7 +221,7 @@ def fused_loss_fwd_kernel(
                     tl.store(counter_ptr, 0)  # ready for the next call, no memset launch
 
 
-@triton.jit(do_not_specialize=["count", "n", "denom_mult"])
+@triton.jit
 def finalize_kernel(partial_ptr, out_ptr, denom_ptr, lw_ptr,
                     count, n, denom_mult, lw_f,
                     DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
@@ -230,14 +231,16 @@ def finalize_kernel(partial_ptr, out_ptr, denom_ptr, lw_ptr,
     store_rounded(out_ptr, total * scale, None)
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit
 def rescale_kernel(g_ptr, out_ptr, go_ptr, ref_ptr, record_ptr, n,
                    SKIP_IF_EQUAL: tl.constexpr, HAS_REF: tl.constexpr, RECORD: tl.constexpr,
                    ACC: tl.constexpr, BLOCK: tl.constexpr):
     """out = g * (grad_output / ref), ref = 1 unless given.
 
     SKIP_IF_EQUAL (in place, first backward): when grad_output == ref every load and store is
-    masked off on the device, so the backward moves no memory and never syncs the host.
+    masked off on the device, so the backward moves no memory and never syncs the host. The
+    bound ``where(go != ref, n, 0)`` keeps n's divisibility by 16 (0 is divisible by anything),
+    so the accesses stay 16-byte vectors (checked in tests/compile_for_gpu.py).
     RECORD: program 0 stores grad_output (the factor ``g`` now stands for) into record_ptr.
     """
     pid = tl.program_id(0)
