@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -166,7 +167,7 @@ def register_loss(name: str, math, reference: Callable, param_names: tuple[str, 
         raise ValueError("the engine passes at most 4 hyper-parameters to a loss's math")
     spec = LossSpec(name, math, reference, tuple(param_names), dict(reference_kwargs or {}),
                     allow_class_index)
-    spec = LossSpec(**{**spec.__dict__, "op": _make_custom_op(spec)})
+    spec = dataclasses.replace(spec, op=_make_custom_op(spec))
     REGISTRY[name] = spec
     return spec
 
