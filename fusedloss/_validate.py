@@ -74,6 +74,13 @@ def check_param(name: str, value, *, minimum: float = -math.inf, strict: bool = 
     return value
 
 
+def check_flag(name: str, value) -> bool:
+    """A Python bool (or int used as one)."""
+    if not isinstance(value, (bool, int)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def check_target(input: torch.Tensor, target, *, allow_class_index: bool) -> bool:
     """Validate target; return True when it holds integer class indices."""
     check_tensor("target", target)

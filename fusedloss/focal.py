@@ -15,7 +15,7 @@ import torch
 
 from ._docs import fill
 from ._engine import FusedLossModule, register_loss
-from ._validate import check_param
+from ._validate import check_flag, check_param
 from .kernels import focal as math
 from .reference import focal as ref
 
@@ -62,12 +62,6 @@ _COMMON_DOC = """
 """
 
 
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, int)) or isinstance(value, float):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
 def _check_alpha(alpha) -> float:
     """Any finite number; None or a negative value disables the alpha term (-1.0)."""
     if alpha is None:
@@ -106,7 +100,7 @@ def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: Optio
     """
     alpha = _check_alpha(alpha)
     gamma = check_param("gamma", gamma, minimum=0.0)
-    from_logits = _check_flag("from_logits", from_logits)
+    from_logits = check_flag("from_logits", from_logits)
     spec = _FOCAL if from_logits else _FOCAL_PROB
     return spec(inputs, targets, (alpha, gamma), reduction, weight, avg_factor, loss_weight)
 
@@ -134,7 +128,7 @@ def quality_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, beta: float 
         >>> fusedloss.quality_focal_loss(logits, score, reduction="mean", avg_factor=2.0).backward()
     """
     beta = check_param("beta", beta, minimum=0.0)
-    from_logits = _check_flag("from_logits", from_logits)
+    from_logits = check_flag("from_logits", from_logits)
     spec = _QFL if from_logits else _QFL_PROB
     return spec(inputs, targets, (beta,), reduction, weight, avg_factor, loss_weight)
 
@@ -164,8 +158,8 @@ def varifocal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0
     """
     alpha = check_param("alpha", alpha)
     gamma = check_param("gamma", gamma, minimum=0.0)
-    iou_weighted = _check_flag("iou_weighted", iou_weighted)
-    from_logits = _check_flag("from_logits", from_logits)
+    iou_weighted = check_flag("iou_weighted", iou_weighted)
+    from_logits = check_flag("from_logits", from_logits)
     spec = _VFL if from_logits else _VFL_PROB
     return spec(inputs, targets, (alpha, gamma, 1.0 if iou_weighted else 0.0), reduction, weight,
                 avg_factor, loss_weight)

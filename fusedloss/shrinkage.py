@@ -10,7 +10,7 @@ import torch
 
 from ._docs import fill
 from ._engine import FusedLossModule, register_loss
-from ._validate import check_param
+from ._validate import check_flag, check_param
 from .kernels import shrinkage as math
 from .reference.shrinkage import shrinkage_loss as _reference
 
@@ -70,9 +70,7 @@ def shrinkage_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "
     """
     a = check_param("a", a, minimum=0.0, strict=True)
     c = check_param("c", c)
-    if not isinstance(exp_target_weight, (bool, int)):
-        raise TypeError(f"exp_target_weight must be a bool, got {type(exp_target_weight).__name__}")
-    params = (a, c, 1.0 if exp_target_weight else 0.0)
+    params = (a, c, 1.0 if check_flag("exp_target_weight", exp_target_weight) else 0.0)
     return _SHRINKAGE(input, target, params, reduction, weight, avg_factor, loss_weight)
 
 

@@ -171,7 +171,6 @@ def check_against_reference(loss, reduction, dtype, shape, weight, target_broadc
             else:  # what the first backward handed out is never changed by a later one
                 assert torch.equal(first[0], first[1])
     # inputs never modified
-    assert torch.equal(x.detach(), x_before) or torch.isnan(x_before).any()
     assert torch.equal(x.detach().nan_to_num(), x_before.nan_to_num())
     assert torch.equal(t.detach().nan_to_num(), t_before.nan_to_num())
 

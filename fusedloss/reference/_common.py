@@ -23,8 +23,9 @@ def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
 def prepare(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor]):
     """Upcast to the compute dtype and blank the elements a zero weight excludes.
 
-    Returns (x, t, w): x and t of input's shape, w None or in the compute dtype. Blanking x and t (not just the loss)
-    keeps NaN/inf out of the value *and* the autograd gradient of excluded elements.
+    Returns (x, t, w): x and t of input's shape, w None or in the compute dtype. Blanking x and
+    t (not just the loss) keeps NaN/inf out of the value *and* the autograd gradient of excluded
+    elements.
     """
     acc = compute_dtype(input, target if target.dtype.is_floating_point else None, weight)
     x = input.to(acc)
