@@ -21,20 +21,34 @@ from .reference import focal as ref
 
 Number = Union[float, torch.Tensor]
 
+_INTEGER_EXPONENTS = (0.0, 1.0, 2.0, 3.0, 4.0)
+
+
+def _exponent_variant(index: int):
+    """The kernels' VARIANT: the modulator's exponent params[index] when it is an integer
+    0..4 (multiplications instead of exp2/log2), else -1 (any real exponent)."""
+    def variant(params: tuple, t_binary: bool) -> int:
+        g = params[index]
+        return int(g) if g in _INTEGER_EXPONENTS else -1
+    return variant
+
+
 _FOCAL = register_loss("sigmoid_focal_loss", math.sigmoid_focal, ref.sigmoid_focal_loss,
-                       ("alpha", "gamma"), allow_class_index=True)
+                       ("alpha", "gamma"), allow_class_index=True, variant=_exponent_variant(1))
 _FOCAL_PROB = register_loss("sigmoid_focal_loss_prob", math.sigmoid_focal_prob,
                             ref.sigmoid_focal_loss, ("alpha", "gamma"),
-                            reference_kwargs={"from_logits": False}, allow_class_index=True)
-_QFL = register_loss("quality_focal_loss", math.quality_focal, ref.quality_focal_loss, ("beta",))
+                            reference_kwargs={"from_logits": False}, allow_class_index=True,
+                            variant=_exponent_variant(1))
+_QFL = register_loss("quality_focal_loss", math.quality_focal, ref.quality_focal_loss, ("beta",),
+                     variant=_exponent_variant(0))
 _QFL_PROB = register_loss("quality_focal_loss_prob", math.quality_focal_prob,
                           ref.quality_focal_loss, ("beta",),
-                          reference_kwargs={"from_logits": False})
+                          reference_kwargs={"from_logits": False}, variant=_exponent_variant(0))
 _VFL = register_loss("varifocal_loss", math.varifocal, ref.varifocal_loss,
-                     ("alpha", "gamma", "iou_weighted"))
+                     ("alpha", "gamma", "iou_weighted"), variant=_exponent_variant(1))
 _VFL_PROB = register_loss("varifocal_loss_prob", math.varifocal_prob, ref.varifocal_loss,
                           ("alpha", "gamma", "iou_weighted"),
-                          reference_kwargs={"from_logits": False})
+                          reference_kwargs={"from_logits": False}, variant=_exponent_variant(1))
 
 _COMMON_DOC = """
     Args:

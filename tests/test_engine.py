@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 import fusedloss as fl
-from fusedloss import _engine, _plan
+from fusedloss import _engine, _launch, _plan
 from fusedloss import reference as R
 from fusedloss.kernels import engine as K
 from conftest import DEVICE, rel_err
@@ -131,13 +131,13 @@ def test_fp16_loss_scale_2_20(fn):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_reads_half_inputs_as_they_are(dtype, monkeypatch):
     seen = []
-    launch = _engine.launch_forward
+    plan = _launch.forward_plan
 
-    def spy(spec, input, target, *args, **kwargs):
+    def spy(spec, variant, input, target, *args, **kwargs):
         seen.append((input.dtype, target.dtype))
-        return launch(spec, input, target, *args, **kwargs)
+        return plan(spec, variant, input, target, *args, **kwargs)
 
-    monkeypatch.setattr(_engine, "launch_forward", spy)
+    monkeypatch.setattr(_launch, "forward_plan", spy)
     lin = torch.nn.Linear(16, 8).to(DEVICE)
     inp = torch.randn(32, 16, device=DEVICE)
     target = torch.randn(32, 8, device=DEVICE, dtype=dtype)
@@ -364,43 +364,94 @@ def test_collapse_merges_what_is_jointly_contiguous():
 
 
 @triton.jit
-def _offsets_probe(idx_ptr, out_ptr, NDIM: tl.constexpr,
-                   n0, n1, n2, n3, n4, n5, a0, a1, a2, a3, a4, a5,
-                   b0, b1, b2, b3, b4, b5, c0, c1, c2, c3, c4, c5):
-    i = tl.arange(0, 8)
+def _offsets_probe(idx_ptr, out_ptr, NDIM: tl.constexpr, IDX64: tl.constexpr,
+                   ZA: tl.constexpr, ZB: tl.constexpr, ZC: tl.constexpr,
+                   n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4, a0, a1, a2, a3, a4, a5,
+                   b0, b1, b2, b3, b4, b5, c0, c1, c2, c3, c4, c5, COUNT: tl.constexpr):
+    i = tl.arange(0, COUNT)
     offs = tl.load(idx_ptr + i)
-    oa, ob, oc = K.operand_offsets(offs, NDIM, n0, n1, n2, n3, n4, n5, a0, a1, a2, a3, a4, a5,
-                                   b0, b1, b2, b3, b4, b5, c0, c1, c2, c3, c4, c5)
-    tl.store(out_ptr + i, oa)
-    tl.store(out_ptr + 8 + i, ob)
-    tl.store(out_ptr + 16 + i, oc)
+    oa, ob, oc, col = K.operand_offsets(offs, NDIM, IDX64, ZA, ZB, ZC,
+                                        n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4,
+                                        a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5,
+                                        c0, c1, c2, c3, c4, c5)
+    tl.store(out_ptr + i, oa.to(tl.int64))
+    tl.store(out_ptr + COUNT + i, ob.to(tl.int64))
+    tl.store(out_ptr + 2 * COUNT + i, oc.to(tl.int64))
+    tl.store(out_ptr + 3 * COUNT + i, col.to(tl.int64))
+
+
+def _check_offsets(shape, strides, idx, idx64):
+    """operand_offsets (the kernel's own code) against the uncollapsed formula."""
+    plan = _plan.collapse(shape, strides)
+    count = idx.numel()
+    out = torch.zeros(4 * count, dtype=torch.int64)
+    _offsets_probe[(1,)](idx.to(torch.int64 if idx64 else torch.int32), out, plan.ndim, idx64,
+                         *plan.zero_masks(), *plan.kernel_args(), COUNT=count)
+    for k, i in enumerate(idx.tolist()):
+        for op in range(3):
+            expected = _plan.element_offset(i, plan, op)
+            rem, direct = i, 0  # direct, uncollapsed formula
+            for size, stride in zip(reversed(shape), reversed(strides[op])):
+                direct += (rem % size) * stride
+                rem //= size
+            assert expected == direct
+            assert int(out[count * op + k]) == expected, (op, i)
+        assert int(out[3 * count + k]) == i % plan.sizes[-1]  # innermost index (class column)
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="index-math unit test runs the interpreter")
 def test_operand_offsets_beyond_2_31():
-    """The kernel's own offset code with sizes/strides/indices past 2^31, no allocation."""
+    """The kernel's own int64 offset code with sizes/strides/indices past 2^31, no allocation."""
     shape = (3, 2 ** 20, 5, 2 ** 11 + 3)  # 3.2e10 elements
     x_strides = _plan.row_major_strides(shape)
     t_strides = (0,) + _plan.row_major_strides(shape[1:])  # broadcast over dim 0
     w_strides = (7 * 2 ** 33, 1, 0, 2 ** 31 + 11)  # arbitrary, huge
-    plan = _plan.collapse(shape, [x_strides, t_strides, w_strides])
     n = 1
     for s in shape:
         n *= s
     idx = torch.tensor([0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 5, 2 ** 33 + 12345, n - 2, n - 1],
                        dtype=torch.int64)
-    out = torch.zeros(24, dtype=torch.int64)
-    _offsets_probe[(1,)](idx, out, plan.ndim, *plan.kernel_args())
-    for k, i in enumerate(idx.tolist()):
-        for op in range(3):
-            expected = _plan.element_offset(i, plan, op)
-            # direct, uncollapsed formula
-            rem, direct = i, 0
-            for size, stride in zip(reversed(shape), reversed([x_strides, t_strides, w_strides][op])):
-                direct += (rem % size) * stride
-                rem //= size
-            assert expected == direct
-            assert int(out[8 * op + k]) == expected, (op, i)
+    _check_offsets(shape, [x_strides, t_strides, w_strides], idx, True)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="index-math unit test runs the interpreter")
+@pytest.mark.parametrize("shape,strides", [
+    # CoTracker: (I, B*T*N, 2) tracks, target broadcast over I, weight over the coordinates
+    ((4, 262144, 2), [(524288, 2, 1), (0, 2, 1), (262144, 1, 0)]),
+    # class-index one-hot: (N, C=80) logits, labels per row
+    ((16384, 80), [(80, 1), (1, 0), (0, 1)]),
+    # six dims, odd sizes, transposed and broadcast operands near the int32 limit
+    ((3, 5, 7, 11, 13, 17), [(1, 3, 15, 105, 1155, 15015), (0, 7 * 2 ** 20, 2 ** 20, 2 ** 16, 1, 0),
+                             (2 ** 27, 0, 3 * 2 ** 22, 0, 2 ** 9, 1)]),
+    # a large divisor that is no power of two, n just below 2^31
+    ((3, 715827882), [(715827882, 1), (0, 1), (1, 0)]),
+])
+def test_operand_offsets_int32_magic_division(shape, strides):
+    """The int32 path divides by magic numbers: exact for every index the launch can form."""
+    n = 1
+    for s in shape:
+        n *= s
+    g = torch.Generator().manual_seed(n % 1000)
+    edges = [0, 1, 2, n // 2, n - 2, n - 1] + [s * k for s in shape for k in (1, 2)]
+    idx = torch.tensor(sorted({i for i in edges if 0 <= i < n})
+                       + torch.randint(0, n, (64,), generator=g).tolist(), dtype=torch.int64)
+    idx = idx[: 1 << (idx.numel().bit_length() - 1)]  # a power of two for tl.arange
+    _check_offsets(shape, strides, idx, False)
+
+
+def test_udiv_magic_is_exact():
+    """floor(n / d) == ((n * m) >> 32) >> s for 31-bit n: edge dividends, many divisors."""
+    g = torch.Generator().manual_seed(5)
+    divisors = list(range(2, 2049)) + [2 ** k + j for k in range(11, 31) for j in (-1, 0, 1, 3)]
+    divisors += torch.randint(2, 2 ** 31 - 1, (500,), generator=g).tolist()
+    for d in divisors:
+        magic = _plan.udiv_magic(d)
+        m, s = magic & 0xFFFFFFFF, (magic >> 32) - 1
+        assert 2 ** 31 <= m < 2 ** 32 and magic >= 2 ** 32
+        top = (2 ** 31 - 1) // d * d
+        for n in (0, 1, d - 1, d, d + 1, top - 1, top, 2 ** 31 - 1, 2 ** 31 - 2):
+            if 0 <= n < 2 ** 31:
+                assert ((n * m) >> 32) >> s == n // d, (d, n)
 
 
 # ----------------------------------------------------------------- no host syncs

@@ -1,7 +1,10 @@
 """The fused elementwise-loss engine: one Triton driver every loss plugs its math into.
 
-A loss supplies a ``@triton.jit`` function ``math(x, t, p0, p1, p2, p3) -> (loss, dloss/dx,
-dloss/dt)`` over blocks in the accumulation dtype; the engine does everything else in one pass:
+A loss supplies a ``@triton.jit`` function
+``math(x, t, p0, p1, p2, p3, T_BINARY: constexpr, VARIANT: constexpr) -> (loss, dloss/dx, dloss/dt)``
+over blocks in the accumulation dtype (T_BINARY: the target is known to be 0 or 1, e.g. a
+one-hot made from class indices; VARIANT: a constant the loss derived from its hyper-parameters
+on the host, e.g. an integer focal gamma). The engine does everything else in one pass:
 
     load x, t, w (each in its own dtype, broadcast by strides, never materialised)
     -> loss, gradient (the loss's math)
@@ -12,12 +15,26 @@ and the partials are summed in a fixed order (a separate tiny launch, the last p
 same launch via an integer ticket, or directly when one program covers everything). No float
 atomics: a result depends only on the inputs and the block size, never on scheduling.
 
+Two drivers share that body (``_forward_block``):
+
+* ``fused_loss_fwd_kernel``: every operand contiguous in input's shape. Offsets are the linear
+  index, accesses are 16-byte vectors, and the launch takes 17 arguments (host time).
+* ``fused_loss_fwd_strided_kernel``: broadcast or strided operands, addressed through the
+  jointly collapsed (size, stride) dimensions of the launch (``fusedloss._plan``). The index
+  arithmetic is int32 whenever every operand's addressed span fits (``IDX64`` off, chosen on
+  the host as inductor does) and divides by the collapsed sizes with host-computed magic
+  numbers (a multiply-high and a shift, ``_udiv``): no 64-bit division and no slow path in the
+  per-element body. Contiguous operands skip the arithmetic; stride-0 dimensions of an operand
+  (``Z*`` bit masks) cost nothing. Beyond 2^31 (``IDX64``) the arithmetic is int64 ``//``/``%``.
+
 Bytes per element for fp32 x and t, bool w, gradient for x only (forward + backward):
 read x 4 + read t 4 + read w 1 + write dx 4 = 13; the backward adds nothing when grad_output
-equals the loss_weight the forward folded in (the rescale kernel masks every access off).
+equals the loss_weight the forward folded in (the rescale kernel moves no memory).
 """
 import triton
 import triton.language as tl
+
+from .mathlib import COMPILED
 
 MAX_DIMS = 6  # collapsed dimensions the strided addressing handles (more: operands are copied)
 REDUCE_BLOCK = 1024  # tile of the fixed-order sum over per-program partials
@@ -37,10 +54,11 @@ FINALIZE_TICKET = 2  # integer ticket: the last program to finish sums the parti
 def store_rounded(ptr, val, mask):
     """Store ``val`` into ``ptr``'s dtype, rounding to nearest-even for bfloat16.
 
-    The interpreter truncates fp32 -> bf16 (shared notes, triton-on-cpu.md section 3); this
-    bit-level round-to-nearest-even gives torch's bits on CPU and GPU alike.
+    The interpreter truncates fp32 -> bf16 (shared notes, triton-on-cpu.md section 3); there a
+    bit-level round-to-nearest-even gives torch's bits. Compiled, the conversion is the GPU's
+    own round-to-nearest-even (``cvt.rn.bf16``, 1 instruction per 2 values, not 6 per value).
     """
-    if ptr.dtype.element_ty == tl.bfloat16:
+    if ptr.dtype.element_ty == tl.bfloat16 and not COMPILED:
         v = val.to(tl.float32)
         u = v.to(tl.uint32, bitcast=True)
         u = u + 0x7FFF + ((u >> 16) & 1)
@@ -52,43 +70,83 @@ def store_rounded(ptr, val, mask):
 
 
 @triton.jit
-def _dim_step(rem, size, sa, sb, sc, oa, ob, oc, OUTERMOST: tl.constexpr):
-    if OUTERMOST:
-        i = rem
-    else:
-        i = rem % size
-        rem = rem // size
-    return rem, oa + i * sa, ob + i * sb, oc + i * sc
+def _udiv(rem, magic):
+    """floor(rem / d) for int32 0 <= rem < 2^31, without a division instruction.
+
+    ``magic`` = m + ((s + 1) << 32) from ``fusedloss._plan.udiv_magic(d)``: m = ceil(2^(31+l) / d),
+    l = ceil(log2 d), s = l - 1, so floor(rem / d) = umulhi(rem, m) >> s exactly for every
+    31-bit rem (Granlund & Montgomery 1994, Theorem 4.2 with N = 31; checked exhaustively at the
+    edges in tests/test_engine.py).
+    """
+    magic = magic.to(tl.int64)
+    m = (magic & 0xFFFFFFFF).to(tl.uint32)
+    s = ((magic >> 32) - 1).to(tl.uint32)
+    q = tl.umulhi(rem.to(tl.uint32, bitcast=True), m) >> s
+    return q.to(tl.int32, bitcast=True)
 
 
 @triton.jit
-def operand_offsets(offs, NDIM: tl.constexpr,
+def _dim_step(rem, size, magic, sa, sb, sc, oa, ob, oc,
+              LAST: tl.constexpr, IDX64: tl.constexpr,
+              ZA: tl.constexpr, ZB: tl.constexpr, ZC: tl.constexpr):
+    """Peel one collapsed dimension off the row-major index ``rem``; Z*: stride 0 (skip)."""
+    if LAST:
+        i = rem
+    else:
+        if IDX64:
+            q = rem // size
+        else:
+            q = _udiv(rem, magic)
+        i = rem - q * size
+        rem = q
+    if not ZA:
+        oa += i * sa
+    if not ZB:
+        ob += i * sb
+    if not ZC:
+        oc += i * sc
+    return rem, i, oa, ob, oc
+
+
+@triton.jit
+def operand_offsets(offs, NDIM: tl.constexpr, IDX64: tl.constexpr,
+                    ZA: tl.constexpr, ZB: tl.constexpr, ZC: tl.constexpr,
                     n0, n1, n2, n3, n4, n5,
+                    m0, m1, m2, m3, m4,
                     a0, a1, a2, a3, a4, a5,
                     b0, b1, b2, b3, b4, b5,
                     c0, c1, c2, c3, c4, c5):
-    """Element offsets of three operands for int64 row-major indices ``offs``.
+    """Element offsets of three operands for the row-major launch indices ``offs``, and the
+    index along the innermost collapsed dimension (the class column of a one-hot target).
 
-    Dimension k = 0 is the innermost; n* are the collapsed sizes, a*/b*/c* each operand's
-    strides in elements (0 where it broadcasts). All arithmetic is int64 because ``offs`` is.
+    Dimension k = 0 is the innermost; n* are the collapsed sizes, m* their division magics,
+    a*/b*/c* each operand's strides in elements; bit k of ZA/ZB/ZC says the operand's stride k
+    is 0. Integer width follows ``offs`` (int32 unless IDX64).
     """
     rem = offs
     oa = tl.zeros_like(offs)
     ob = tl.zeros_like(offs)
     oc = tl.zeros_like(offs)
+    col = tl.zeros_like(offs)
     if NDIM > 0:
-        rem, oa, ob, oc = _dim_step(rem, n0, a0, b0, c0, oa, ob, oc, NDIM == 1)
+        rem, col, oa, ob, oc = _dim_step(rem, n0, m0, a0, b0, c0, oa, ob, oc, NDIM == 1, IDX64,
+                                         ZA & 1, ZB & 1, ZC & 1)
     if NDIM > 1:
-        rem, oa, ob, oc = _dim_step(rem, n1, a1, b1, c1, oa, ob, oc, NDIM == 2)
+        rem, _i, oa, ob, oc = _dim_step(rem, n1, m1, a1, b1, c1, oa, ob, oc, NDIM == 2, IDX64,
+                                        (ZA >> 1) & 1, (ZB >> 1) & 1, (ZC >> 1) & 1)
     if NDIM > 2:
-        rem, oa, ob, oc = _dim_step(rem, n2, a2, b2, c2, oa, ob, oc, NDIM == 3)
+        rem, _i, oa, ob, oc = _dim_step(rem, n2, m2, a2, b2, c2, oa, ob, oc, NDIM == 3, IDX64,
+                                        (ZA >> 2) & 1, (ZB >> 2) & 1, (ZC >> 2) & 1)
     if NDIM > 3:
-        rem, oa, ob, oc = _dim_step(rem, n3, a3, b3, c3, oa, ob, oc, NDIM == 4)
+        rem, _i, oa, ob, oc = _dim_step(rem, n3, m3, a3, b3, c3, oa, ob, oc, NDIM == 4, IDX64,
+                                        (ZA >> 3) & 1, (ZB >> 3) & 1, (ZC >> 3) & 1)
     if NDIM > 4:
-        rem, oa, ob, oc = _dim_step(rem, n4, a4, b4, c4, oa, ob, oc, NDIM == 5)
-    if NDIM > 5:
-        rem, oa, ob, oc = _dim_step(rem, n5, a5, b5, c5, oa, ob, oc, NDIM == 6)
-    return oa, ob, oc
+        rem, _i, oa, ob, oc = _dim_step(rem, n4, m4, a4, b4, c4, oa, ob, oc, NDIM == 5, IDX64,
+                                        (ZA >> 4) & 1, (ZB >> 4) & 1, (ZC >> 4) & 1)
+    if NDIM > 5:  # always the outermost: no division, no magic
+        rem, _i, oa, ob, oc = _dim_step(rem, n5, m4, a5, b5, c5, oa, ob, oc, True, IDX64,
+                                        (ZA >> 5) & 1, (ZB >> 5) & 1, (ZC >> 5) & 1)
+    return oa, ob, oc, col
 
 
 @triton.jit
@@ -131,77 +189,55 @@ def sum_partials(partial_ptr, count, ACC: tl.constexpr, RBLOCK: tl.constexpr):
     return tl.sum(acc, axis=0)
 
 
-# Integer arguments are specialised by the runtime: a value of 1 becomes a compile-time constant
-# (no ``.to``: convert with tl.cast) and divisibility by 16 is recorded, which lets masked loads
-# and stores be vectorised. Do not mark n do_not_specialize: that drops the divisibility too.
 @triton.jit
-def fused_loss_fwd_kernel(
-    x_ptr, t_ptr, w_ptr,
-    out_ptr, gx_ptr, gt_ptr,
-    partial_ptr, counter_ptr,
-    denom_ptr, lw_ptr,
-    n, num_classes, denom_mult, lw_f,
-    p0, p1, p2, p3,
-    n0, n1, n2, n3, n4, n5,
-    sx0, sx1, sx2, sx3, sx4, sx5,
-    st0, st1, st2, st3, st4, st5,
-    sw0, sw1, sw2, sw3, sw4, sw5,
-    MATH: tl.constexpr, NDIM: tl.constexpr,
-    X_CONTIG: tl.constexpr, T_CONTIG: tl.constexpr, W_CONTIG: tl.constexpr,
-    HAS_W: tl.constexpr, T_INDEX: tl.constexpr, REDUCE: tl.constexpr,
-    DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
-    NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
-    ACC: tl.constexpr, BLOCK: tl.constexpr, RBLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+def _forward_block(pid, offs, mask, ox, ot, ow, col,
+                   x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
+                   denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
+                   MATH: tl.constexpr, VARIANT: tl.constexpr,
+                   HAS_W: tl.constexpr, T_INDEX: tl.constexpr, REDUCE: tl.constexpr,
+                   DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
+                   NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
+                   ACC: tl.constexpr, RBLOCK: tl.constexpr, EVEN: tl.constexpr):
+    """The body both drivers share: offsets in, loss / gradients / partials out.
 
-    if X_CONTIG and T_CONTIG and W_CONTIG:
-        ox = offs
-        ot = offs
-        ow = offs
-    else:
-        ox, ot, ow = operand_offsets(offs, NDIM, n0, n1, n2, n3, n4, n5,
-                                     sx0, sx1, sx2, sx3, sx4, sx5,
-                                     st0, st1, st2, st3, st4, st5,
-                                     sw0, sw1, sw2, sw3, sw4, sw5)
-        if X_CONTIG:
-            ox = offs
-        if T_CONTIG:
-            ot = offs
-        if W_CONTIG:
-            ow = offs
-
-    x = tl.load(x_ptr + ox, mask=mask, other=0.0).to(ACC)
+    EVEN (n is a multiple of BLOCK, chosen on the host): no bounds mask at all, so loads and
+    stores are unpredicated and the registers of masked-off lanes need no zero fill. Masked-off
+    lanes (the last block otherwise) load nothing and are never used: no ``other=`` fill.
+    """
+    if EVEN:
+        mask = None
+    x = tl.load(x_ptr + ox, mask=mask).to(ACC)
     if T_INDEX:
-        # integer class index per row: one-hot on the fly, never materialised
-        cls = tl.load(t_ptr + ot, mask=mask, other=-1)
-        t = tl.where(cls == offs % num_classes, 1.0, 0.0).to(ACC)
+        # integer class index per row: one-hot on the fly (a compare against the column),
+        # never materialised
+        cls = tl.load(t_ptr + ot, mask=mask)
+        t = tl.where(cls == col, 1.0, 0.0).to(ACC)
     else:
-        t = tl.load(t_ptr + ot, mask=mask, other=0.0).to(ACC)
+        t = tl.load(t_ptr + ot, mask=mask).to(ACC)
     if HAS_W:
-        w = tl.load(w_ptr + ow, mask=mask, other=0).to(ACC)
-        keep = mask & (w != 0)
+        w = tl.load(w_ptr + ow, mask=mask).to(ACC)
+        if EVEN:
+            keep = w != 0
+        else:
+            keep = mask & (w != 0)
         # a zero weight excludes the element even where x or t is NaN/inf
         x = tl.where(keep, x, 0.0)
         t = tl.where(keep, t, 0.0)
-    else:
-        keep = mask
 
-    loss, dx, dt = MATH(x, t, p0, p1, p2, p3)
+    loss, dx, dt = MATH(x, t, p0, p1, p2, p3, T_INDEX, VARIANT)
 
     if HAS_W:
-        loss = loss * w
-        dx = dx * w
-        dt = dt * w
-    loss = tl.where(keep, loss, 0.0)
+        loss = tl.where(keep, loss * w, 0.0)
+        dx = tl.where(keep, dx * w, 0.0)
+        dt = tl.where(keep, dt * w, 0.0)
+    elif not EVEN:
+        loss = tl.where(mask, loss, 0.0)  # garbage lanes must not reach the sum
 
     scale = loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr, DENOM, ZERO_SAFE, HAS_LW_PTR, ACC)
     if NEED_GX:
-        store_rounded(gx_ptr + offs, tl.where(keep, dx * scale, 0.0), mask)
+        store_rounded(gx_ptr + offs, dx * scale, mask)
     if NEED_GT:
-        store_rounded(gt_ptr + offs, tl.where(keep, dt * scale, 0.0), mask)
+        store_rounded(gt_ptr + offs, dt * scale, mask)
 
     if REDUCE == 0:
         store_rounded(out_ptr + offs, loss * scale, mask)
@@ -222,6 +258,81 @@ def fused_loss_fwd_kernel(
 
 
 @triton.jit
+def _block_offsets(BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    pid = tl.program_id(0)
+    if IDX64:
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    return pid, offs
+
+
+# Integer arguments are specialised by the runtime: a value of 1 becomes a compile-time constant
+# (no ``.to``: convert with tl.cast) and divisibility by 16 is recorded, which lets masked loads
+# and stores be vectorised. Do not mark n do_not_specialize: that drops the divisibility too.
+@triton.jit
+def fused_loss_fwd_kernel(
+    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr, denom_ptr, lw_ptr,
+    n, denom_mult, lw_f, p0, p1, p2, p3,
+    MATH: tl.constexpr, VARIANT: tl.constexpr,
+    HAS_W: tl.constexpr, T_INDEX: tl.constexpr, REDUCE: tl.constexpr,
+    DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
+    NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, RBLOCK: tl.constexpr, IDX64: tl.constexpr,
+    EVEN: tl.constexpr,
+):
+    """Every operand contiguous in input's shape (a class-index target only when C == 1)."""
+    pid, offs = _block_offsets(BLOCK, IDX64)
+    mask = offs < n
+    _forward_block(pid, offs, mask, offs, offs, offs, tl.zeros_like(offs),
+                   x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
+                   denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
+                   MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
+                   NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, EVEN)
+
+
+@triton.jit
+def fused_loss_fwd_strided_kernel(
+    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr, denom_ptr, lw_ptr,
+    n, denom_mult, lw_f, p0, p1, p2, p3,
+    n0, n1, n2, n3, n4, n5,
+    m0, m1, m2, m3, m4,
+    sx0, sx1, sx2, sx3, sx4, sx5,
+    st0, st1, st2, st3, st4, st5,
+    sw0, sw1, sw2, sw3, sw4, sw5,
+    MATH: tl.constexpr, VARIANT: tl.constexpr,
+    HAS_W: tl.constexpr, T_INDEX: tl.constexpr, REDUCE: tl.constexpr,
+    DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
+    NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, RBLOCK: tl.constexpr, IDX64: tl.constexpr,
+    EVEN: tl.constexpr, NDIM: tl.constexpr, X_CONTIG: tl.constexpr, T_CONTIG: tl.constexpr, W_CONTIG: tl.constexpr,
+    ZX: tl.constexpr, ZT: tl.constexpr, ZW: tl.constexpr, COL_IS_DIM0: tl.constexpr,
+):
+    """Broadcast / strided operands (see the module docstring). COL_IS_DIM0: the innermost
+    collapsed dimension is the class dimension of a class-index target (else C == 1)."""
+    pid, offs = _block_offsets(BLOCK, IDX64)
+    mask = offs < n
+    ox, ot, ow, col = operand_offsets(offs, NDIM, IDX64, ZX, ZT, ZW,
+                                      n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4,
+                                      sx0, sx1, sx2, sx3, sx4, sx5,
+                                      st0, st1, st2, st3, st4, st5,
+                                      sw0, sw1, sw2, sw3, sw4, sw5)
+    if X_CONTIG:
+        ox = offs
+    if T_CONTIG:
+        ot = offs
+    if W_CONTIG:
+        ow = offs
+    if not COL_IS_DIM0:
+        col = tl.zeros_like(offs)
+    _forward_block(pid, offs, mask, ox, ot, ow, col,
+                   x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
+                   denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
+                   MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
+                   NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, EVEN)
+
+
+@triton.jit
 def finalize_kernel(partial_ptr, out_ptr, denom_ptr, lw_ptr,
                     count, n, denom_mult, lw_f,
                     DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
@@ -232,32 +343,37 @@ def finalize_kernel(partial_ptr, out_ptr, denom_ptr, lw_ptr,
 
 
 @triton.jit
-def rescale_kernel(g_ptr, out_ptr, go_ptr, ref_ptr, record_ptr, n,
-                   SKIP_IF_EQUAL: tl.constexpr, HAS_REF: tl.constexpr, RECORD: tl.constexpr,
-                   ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """out = g * (grad_output / ref), ref = 1 unless given.
+def rescale_kernel(g_ptr, out_ptr, go_ptr, ref_ptr, n, iters,
+                   SKIP_IF_EQUAL: tl.constexpr, HAS_REF: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """out = g * (grad_output / ref), ref = 1 unless given; a grid-stride loop over a
+    persistent grid (a few programs per SM), ``iters`` blocks per program at most.
 
-    SKIP_IF_EQUAL (in place, first backward): when grad_output == ref every load and store is
-    masked off on the device, so the backward moves no memory and never syncs the host. The
-    bound ``where(go != ref, n, 0)`` keeps n's divisibility by 16 (0 is divisible by anything),
-    so the accesses stay 16-byte vectors (checked in tests/compile_for_gpu.py).
-    RECORD: program 0 stores grad_output (the factor ``g`` now stands for) into record_ptr.
+    SKIP_IF_EQUAL (in place, first backward): when grad_output == ref every program leaves its
+    loop before the first iteration, decided on the device: the backward moves no memory,
+    costs one small launch and never syncs the host. The block index times the constexpr BLOCK
+    keeps every access a 16-byte vector (checked in tests/compile_for_gpu.py).
     """
     pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
     go = tl.load(go_ptr).to(ACC)
     if HAS_REF:
         ref = tl.load(ref_ptr).to(ACC)
     else:
         ref = tl.full([], 1.0, ACC)
     factor = go / ref
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    todo = iters
     if SKIP_IF_EQUAL:
-        limit = tl.where(go != ref, n, 0)
-    else:
-        limit = n
-    mask = offs < limit
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
-    store_rounded(out_ptr + offs, g * factor, mask)
-    if RECORD:
-        if pid == 0:
-            tl.store(record_ptr, go)
+        todo = tl.where(go != ref, iters, 0)
+    i = 0
+    # a while loop: the triton 3.6 interpreter cannot range() over a device-decided bound
+    while i < todo:
+        if IDX64:
+            start = (pid + i * nprog).to(tl.int64) * BLOCK
+        else:
+            start = (pid + i * nprog) * BLOCK
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < n
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
+        store_rounded(out_ptr + offs, g * factor, mask)
+        i += 1

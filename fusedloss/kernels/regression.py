@@ -14,7 +14,7 @@ from .mathlib import sign
 
 
 @triton.jit
-def huber(x, t, delta, p1, p2, p3):
+def huber(x, t, delta, p1, p2, p3, T_BINARY: tl.constexpr, VARIANT: tl.constexpr):
     d = x - t
     z = tl.abs(d)
     loss = tl.where(z < delta, 0.5 * d * d, delta * (z - 0.5 * delta))
@@ -23,7 +23,7 @@ def huber(x, t, delta, p1, p2, p3):
 
 
 @triton.jit
-def smooth_l1(x, t, beta, p1, p2, p3):
+def smooth_l1(x, t, beta, p1, p2, p3, T_BINARY: tl.constexpr, VARIANT: tl.constexpr):
     d = x - t
     z = tl.abs(d)
     safe_beta = tl.where(beta > 0, beta, 1.0)
@@ -34,13 +34,13 @@ def smooth_l1(x, t, beta, p1, p2, p3):
 
 
 @triton.jit
-def l1(x, t, p0, p1, p2, p3):
+def l1(x, t, p0, p1, p2, p3, T_BINARY: tl.constexpr, VARIANT: tl.constexpr):
     d = x - t
     grad = sign(d)
     return tl.abs(d), grad, -grad
 
 
 @triton.jit
-def mse(x, t, p0, p1, p2, p3):
+def mse(x, t, p0, p1, p2, p3, T_BINARY: tl.constexpr, VARIANT: tl.constexpr):
     d = x - t
     return d * d, 2.0 * d, -2.0 * d

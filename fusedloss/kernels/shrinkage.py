@@ -20,7 +20,7 @@ from .mathlib import sign
 
 
 @triton.jit
-def shrinkage(x, t, a, c, exp_weight, p3):
+def shrinkage(x, t, a, c, exp_weight, p3, T_BINARY: tl.constexpr, VARIANT: tl.constexpr):
     d = x - t
     l = tl.abs(d)
     z = a * (l - c)

@@ -1,0 +1,106 @@
+"""Eager autograd: the forward writes the gradient, the backward (usually) moves no memory.
+
+When a scalar reduction is asked for with grad enabled, the forward writes dL/dinput (and
+dL/dtarget) already multiplied by the weight and by ``scale = loss_weight / denominator``. Its
+backward then costs no pass over memory when grad_output == 1 (the usual case once
+``loss_weight`` is folded in):
+
+* **First call** of a ctx: ``rescale_kernel`` in place, which reads grad_output on the device and
+  leaves at once when it is 1, else rescales. It returns the saved buffer itself
+  (``save_for_backward``), so ``x.grad`` takes it without a copy, and keeps a reference to that
+  grad_output (the factor the buffer now stands for).
+* **Later calls** of a retained graph write ``G * go / go_first`` into a fresh buffer, so no
+  tensor handed out earlier ever changes. Known limit: a retained graph whose *first*
+  grad_output is exactly 0 or non-finite cannot be rescaled by a later backward (the buffer was
+  overwritten): that later gradient is NaN.
+* **fp16**: a gradient normalised by 1/numel underflows fp16, and a GradScaler multiplies it by
+  up to 2^24 afterwards, so for fp16 tensors the forward keeps the gradient in fp32 and the
+  backward always writes ``grad_output * G`` rounded once into fp16 (+6 B/element). bf16 has
+  fp32's range: it keeps the no-pass backward.
+* ``"none"``: ``grad_output * G`` out of place (grad_output is a full tensor).
+* Double backward raises (``create_graph=True``): the gradient is not built from
+  differentiable torch operations.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _runtime as rt
+from ._launch import Meta, launch_forward, rescale
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "fusedloss losses do not support double backward (create_graph=True): the gradient is "
+    "computed by a fused kernel, not by differentiable torch operations")
+
+
+def check_first_order() -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
+def out_of_place_grads(go, gx, gt, x_dtype, t_dtype, meta: Meta):
+    """grad_output * G: the "none" backward, and every backward under torch.compile."""
+    grad_x = grad_t = None
+    if gx is not None:
+        grad_x = (go * gx).to(x_dtype)
+    if gt is not None:
+        grad_t = go * gt
+        if tuple(grad_t.shape) != meta.target_shape:  # "none" with a broadcast target
+            grad_t = grad_t.sum(dim=meta.target_reduce_dims, keepdim=True).reshape(meta.target_shape)
+        grad_t = grad_t.to(t_dtype)
+    return grad_x, grad_t
+
+
+def fused_scalar_grads(state, go, buffers, dtypes):
+    """The no-pass backward of a scalar reduction (eager). ``state`` is the autograd ctx."""
+    first = state.go_first is None
+    grads = []
+    for g, dtype in zip(buffers, dtypes):
+        if g is None:
+            grads.append(None)
+        elif g.dtype != dtype:  # fp16 gradient kept in fp32: never mutated, always rescaled
+            out = rt.alloc(g.shape, dtype, g.device)
+            rescale(g, out, go)
+            grads.append(out)
+        elif first:
+            rescale(g, g, go, skip_if_equal=True)
+            grads.append(g)
+        else:
+            out = rt.alloc(g.shape, g.dtype, g.device)
+            rescale(g, out, go, ref=state.go_first)
+            grads.append(out)
+    if first:
+        state.go_first = go
+    return grads
+
+
+class FusedLossFunction(torch.autograd.Function):
+    """Eager autograd for every registered loss (the custom op is used under torch.compile).
+
+    ``call`` packs the non-tensor arguments of :func:`launch_forward` (fewer ``apply``
+    arguments: less host time per call)."""
+
+    @staticmethod
+    def forward(ctx, call, input, target):
+        spec, variant, weight, params, reduction, af_value, af_tensor, lw_value, lw_tensor, \
+            class_index, need_gx, need_gt = call
+        loss, gx, gt, meta = launch_forward(spec, variant, input, target, weight, params,
+                                            reduction, af_value, af_tensor, lw_value, lw_tensor,
+                                            class_index, need_gx, need_gt)
+        ctx.save_for_backward(gx, gt)
+        ctx.meta = meta
+        ctx.reduction = reduction
+        ctx.dtypes = (input.dtype, target.dtype)
+        ctx.go_first = None
+        return loss
+
+    @staticmethod
+    def backward(ctx, go):
+        check_first_order()
+        gx, gt = ctx.saved_tensors
+        x_dtype, t_dtype = ctx.dtypes
+        if ctx.reduction == "none":
+            grad_x, grad_t = out_of_place_grads(go, gx, gt, x_dtype, t_dtype, ctx.meta)
+        else:
+            grad_x, grad_t = fused_scalar_grads(ctx, go, (gx, gt), (x_dtype, t_dtype))
+        return None, grad_x, grad_t

@@ -1,0 +1,315 @@
+"""Launch planning and the cached launcher.
+
+Everything a forward launch needs that depends only on the call's *signature* (shapes, strides,
+dtypes, devices, reduction, which gradients, the loss and its constexpr variant) is computed
+once into a :class:`ForwardPlan` and kept in a dict; a call then costs a key, a dict lookup,
+its output allocations and the launch itself.
+
+Compiled kernels are launched through :class:`KernelLauncher`: the first launch of a plan goes
+through ``JITFunction.run`` (Triton binds the arguments, specialises them, compiles and caches),
+which returns the ``CompiledKernel``; later launches with the same plan and the same pointer
+alignments call that kernel's launcher directly. That is exactly the kernel ``JITFunction.run``
+would pick: Triton's specialisation of an argument depends on its type, a tensor's dtype and
+16-byte alignment, and an int's value class (== 1, divisible by 16, 32/64-bit), and every one of
+those is a function of the plan key plus the alignments (tests/test_launch.py checks this
+against Triton's own ``native_specialize_impl``). Under the interpreter every launch goes
+through ``JITFunction`` (there is nothing compiled to call).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _runtime as rt
+from ._plan import MAX_DIMS, collapse
+from .kernels import engine as K
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+_INT32_LIMIT = 2 ** 31
+
+
+def grad_buffer_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype the forward keeps a gradient in: fp32 for fp16 (underflow), else the tensor's."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+# --------------------------------------------------------------------------- the launcher
+
+class KernelLauncher:
+    """Launch one ``@triton.jit`` kernel, compiled kernels straight through their launcher.
+
+    ``args`` are the kernel's runtime arguments in order; ``constexprs`` its constexpr
+    parameters in order (the kernels keep them last); ``key`` identifies every argument's
+    specialisation (a plan key plus pointer alignments).
+    """
+
+    def __init__(self, fn, name: str):
+        self.fn = fn
+        self.name = name
+        self._compiled: dict = {}
+
+    def __call__(self, grid: int, key, args: list, constexprs: dict, warps: int) -> None:
+        rt.LAUNCH_COUNTS[self.name] += 1
+        if rt.INTERPRETED:
+            self.fn[(grid,)](*args, **constexprs)
+            return
+        kernel = self._compiled.get(key)
+        if kernel is None:
+            kernel = self.fn[(grid,)](*args, **constexprs, num_warps=warps)
+            if kernel is not None:
+                self._compiled[key] = kernel
+            return
+        driver = triton.runtime.driver.active
+        stream = driver.get_current_stream(driver.get_current_device())
+        knobs = triton.knobs.runtime
+        enter, leave = knobs.launch_enter_hook, knobs.launch_exit_hook
+        full = (*args, *constexprs.values())
+        meta = kernel.launch_metadata((grid, 1, 1), stream, *full) if enter is not None else None
+        kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, meta, enter, leave,
+                   *full)
+
+
+FWD = KernelLauncher(K.fused_loss_fwd_kernel, "fused_loss_fwd_kernel")
+FWD_STRIDED = KernelLauncher(K.fused_loss_fwd_strided_kernel, "fused_loss_fwd_strided_kernel")
+FINALIZE = KernelLauncher(K.finalize_kernel, "finalize_kernel")
+RESCALE = KernelLauncher(K.rescale_kernel, "rescale_kernel")
+
+
+def _aligned(*tensors) -> tuple:
+    """Triton's pointer specialisation: 16-byte alignment of each user tensor."""
+    return tuple(t is not None and t.data_ptr() % 16 == 0 for t in tensors)
+
+
+# --------------------------------------------------------------------------- output metadata
+
+@dataclass(frozen=True)
+class Meta:
+    loss_shape: tuple
+    loss_dtype: torch.dtype
+    acc_dtype: torch.dtype
+    gx_dtype: torch.dtype
+    gt_shape: tuple  # what the forward returns for the target gradient
+    gt_dtype: torch.dtype
+    target_shape: tuple
+    target_reduce_dims: tuple  # dims of input.shape the target broadcasts over
+
+
+def output_meta(input, target, weight, reduction, class_index) -> Meta:
+    shape = tuple(input.shape)
+    if class_index:
+        result = input.dtype
+    else:
+        result = torch.result_type(input, target)
+    wide = torch.float64 in (input.dtype, target.dtype, weight.dtype if weight is not None else None)
+    acc = torch.float64 if wide else torch.float32
+    if reduction == "none":
+        loss_shape, loss_dtype = shape, result
+    else:
+        loss_shape = ()
+        loss_dtype = torch.float64 if result == torch.float64 else torch.float32
+    reduce_dims: tuple = ()
+    if not class_index and tuple(target.shape) != shape:
+        lead = len(shape) - target.dim()
+        reduce_dims = tuple(d for d in range(len(shape))
+                            if d < lead or (target.shape[d - lead] == 1 and shape[d] != 1))
+    if reduce_dims and reduction == "none":
+        gt_shape, gt_dtype = shape, acc  # reduced in the backward, after grad_output
+    else:
+        gt_shape, gt_dtype = tuple(target.shape), grad_buffer_dtype(target.dtype)
+    return Meta(loss_shape, loss_dtype, acc, grad_buffer_dtype(input.dtype), gt_shape, gt_dtype,
+                tuple(target.shape), reduce_dims)
+
+
+# --------------------------------------------------------------------------- forward plans
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    meta: Meta
+    launcher: KernelLauncher
+    grid: int
+    ints: tuple  # (n, denom_mult) for the contiguous kernel; + sizes/magics/strides (strided)
+    constexprs: dict
+    warps: int
+    denom: int  # K.DENOM_*
+    weight_sum: bool  # "weighted_mean" with a weight: denominator = sum(weight) (a torch sum)
+    partials: bool  # per-program partials in a buffer of ``grid`` elements
+    finalize: bool  # a finalize launch sums the partials
+    copy_operands: bool  # more than MAX_DIMS collapsed dims: operands are copied contiguous
+    gt_full_dtype: Optional[torch.dtype]  # dtype of the full-size target gradient buffer
+    finalize_constexprs: dict
+
+
+_PLANS: dict = {}
+
+
+def _signature(t: Optional[torch.Tensor]):
+    return None if t is None else (t.shape, t.stride(), t.dtype)
+
+
+def forward_plan(spec, variant: int, input, target, weight, reduction: str, af_kind: int,
+                 af_tensor, lw_tensor, class_index: bool, need_gx: bool, need_gt: bool):
+    """The cached plan of a forward launch, and its key (for the compiled-kernel cache)."""
+    key = (spec.name, variant, reduction, af_kind, need_gx, need_gt, class_index,
+           input.shape, input.stride(), input.dtype, input.device,
+           target.shape, target.stride(), target.dtype, _signature(weight),
+           None if af_tensor is None else af_tensor.dtype,
+           None if lw_tensor is None else lw_tensor.dtype, rt.config_key())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _build_plan(spec, variant, input, target, weight, reduction, af_kind,
+                                         af_tensor, lw_tensor, class_index, need_gx, need_gt)
+    return plan, key
+
+
+AF_NONE, AF_VALUE, AF_TENSOR = 0, 1, 2
+
+
+def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor, lw_tensor,
+                class_index, need_gx, need_gt) -> ForwardPlan:
+    meta = output_meta(input, target, weight, reduction, class_index)
+    shape = tuple(input.shape)
+    n = input.numel()
+    block = rt.pick_block(n)
+    grid = max(1, triton.cdiv(n, block))
+
+    weight_sum, zero_safe, denom_mult = False, False, 1
+    if reduction in ("none", "sum") or (reduction == "mean" and af_kind == AF_VALUE):
+        denom = K.DENOM_ONE  # a Python avg_factor is folded into the loss_weight factor
+    elif reduction == "mean" and af_kind == AF_TENSOR:
+        denom = K.DENOM_TENSOR
+    elif reduction == "mean" or weight is None:  # weighted_mean without a weight is the mean
+        denom = K.DENOM_NUMEL
+    else:
+        denom, zero_safe, weight_sum = K.DENOM_TENSOR, True, True
+        denom_mult = n // weight.numel() if weight.numel() else 1
+
+    if reduction == "none" or grid == 1:
+        finalize = K.FINALIZE_SINGLE
+    else:
+        finalize = K.FINALIZE_TICKET if rt._CONFIG["one_launch"] else K.FINALIZE_PARTIALS
+
+    constexprs: dict[str, Any] = dict(
+        MATH=spec.math, VARIANT=variant, HAS_W=weight is not None, T_INDEX=class_index,
+        REDUCE=0 if reduction == "none" else 1, DENOM=denom, ZERO_SAFE=zero_safe,
+        HAS_LW_PTR=lw_tensor is not None, NEED_GX=need_gx, NEED_GT=need_gt, FINALIZE=finalize,
+        ACC=_TL_DTYPES[meta.acc_dtype], BLOCK=block, RBLOCK=K.REDUCE_BLOCK)
+    even = n > 0 and n % block == 0
+    span = grid * block  # linear indices a launch computes (masked beyond n)
+
+    contiguous = (not class_index and input.is_contiguous() and target.is_contiguous()
+                  and tuple(target.shape) == shape
+                  and (weight is None or (weight.is_contiguous() and tuple(weight.shape) == shape)))
+    copy_operands = False
+    if contiguous:  # the common case: no index arithmetic at all
+        launcher, ints = FWD, (n, denom_mult)
+        constexprs.update(IDX64=span >= _INT32_LIMIT, EVEN=even)
+    else:
+        t_view = target.unsqueeze(-1).expand(shape) if class_index else target.expand(shape)
+        operands = [input, t_view] + ([weight.expand(shape)] if weight is not None else [])
+        plan = collapse(shape, [op.stride() for op in operands])
+        if plan.ndim > MAX_DIMS:  # rare: copy the operands rather than fail
+            copy_operands = True
+            plan = collapse(shape, [op.contiguous().stride() for op in operands])
+        contig = plan.contiguous + ((True,) if weight is None else ())
+        zx, zt, zw = plan.zero_masks()
+        largest = max([span] + [plan.max_offset(k) + 1 for k in range(len(operands))])
+        launcher, ints = FWD_STRIDED, (n, denom_mult, *plan.kernel_args())
+        constexprs.update(IDX64=largest >= _INT32_LIMIT, EVEN=even, NDIM=plan.ndim,
+                          X_CONTIG=contig[0], T_CONTIG=contig[1], W_CONTIG=contig[2],
+                          ZX=zx, ZT=zt, ZW=zw, COL_IS_DIM0=class_index and shape[-1] != 1)
+
+    gt_full_dtype = None
+    if need_gt:
+        gt_full_dtype = meta.acc_dtype if meta.target_reduce_dims else meta.gt_dtype
+    finalize_constexprs = dict(DENOM=denom, ZERO_SAFE=zero_safe,
+                               HAS_LW_PTR=lw_tensor is not None, ACC=constexprs["ACC"],
+                               RBLOCK=K.REDUCE_BLOCK)
+    return ForwardPlan(meta, launcher, grid, ints, constexprs, rt.num_warps(block), denom,
+                       weight_sum, reduction != "none" and grid > 1,
+                       reduction != "none" and finalize == K.FINALIZE_PARTIALS, copy_operands,
+                       gt_full_dtype, finalize_constexprs)
+
+
+_TICKETS: dict = {}
+
+
+def _ticket_counter(device: torch.device) -> torch.Tensor:
+    counter = _TICKETS.get(device)
+    if counter is None:
+        counter = _TICKETS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return counter
+
+
+def launch_forward(spec, variant, input, target, weight, params, reduction, af_value, af_tensor,
+                   lw_value, lw_tensor, class_index, need_gx, need_gt):
+    """Run the fused forward. Returns (loss, G_input or None, G_target or None, meta)."""
+    af_kind = AF_TENSOR if af_tensor is not None else AF_VALUE if af_value is not None else AF_NONE
+    plan, key = forward_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor,
+                             lw_tensor, class_index, need_gx, need_gt)
+    meta = plan.meta
+    device = input.device
+    x, t, w = input, target, weight
+    if plan.copy_operands:
+        shape = tuple(input.shape)
+        x = x.contiguous()
+        t = (t.unsqueeze(-1) if class_index else t).expand(shape).contiguous()
+        w = w.expand(shape).contiguous() if w is not None else None
+
+    out = rt.alloc(meta.loss_shape, meta.loss_dtype, device)
+    gx = rt.alloc(input.shape, meta.gx_dtype, device) if need_gx else None
+    gt_full = rt.alloc(input.shape, plan.gt_full_dtype, device) if need_gt else None
+    partials = rt.alloc((plan.grid,), meta.acc_dtype, device) if plan.partials else out
+    counter = (_ticket_counter(device)
+               if plan.constexprs["FINALIZE"] == K.FINALIZE_TICKET else out)
+
+    lw_f = 1.0 if lw_value is None else lw_value
+    if af_value is not None:
+        lw_f = lw_f / af_value
+    denom_ptr = out
+    if plan.denom == K.DENOM_TENSOR:
+        if plan.weight_sum:
+            denom_ptr = weight.sum(dtype=meta.acc_dtype)
+            rt.LAUNCH_COUNTS["torch.sum(weight)"] += 1
+        else:
+            denom_ptr = af_tensor
+    lw_ptr = lw_tensor if lw_tensor is not None else out
+    p = params + (0.0,) * (4 - len(params))
+
+    kkey = (key, _aligned(x, t, w, af_tensor, lw_tensor))
+    plan.launcher(plan.grid, kkey,
+                  [x, t, w if w is not None else x, out, gx if gx is not None else out,
+                   gt_full if gt_full is not None else out, partials, counter, denom_ptr, lw_ptr,
+                   plan.ints[0], plan.ints[1], lw_f, *p, *plan.ints[2:]],
+                  plan.constexprs, plan.warps)
+    if plan.finalize:
+        FINALIZE(1, kkey, [partials, out, denom_ptr, lw_ptr, plan.grid, plan.ints[0], plan.ints[1],
+                           lw_f], plan.finalize_constexprs, 4)
+
+    gt = gt_full
+    if need_gt and meta.target_reduce_dims and reduction != "none":
+        gt = gt_full.sum(dim=meta.target_reduce_dims, keepdim=True)
+        gt = gt.reshape(meta.gt_shape).to(meta.gt_dtype)
+    return out, gx, gt, meta
+
+
+# --------------------------------------------------------------------------- rescale
+
+def rescale(g: torch.Tensor, out: torch.Tensor, go: torch.Tensor, *, ref=None,
+            skip_if_equal: bool = False) -> None:
+    """out = g * (go / ref) (ref = 1 unless given) on a persistent grid; with
+    ``skip_if_equal`` nothing moves when go == ref (decided on the device)."""
+    n = g.numel()
+    block = rt.pick_block(n)
+    blocks = max(1, triton.cdiv(n, block))
+    grid = min(blocks, rt.persistent_programs(g.device))
+    iters = triton.cdiv(blocks, grid)
+    acc = tl.float64 if torch.float64 in (g.dtype, go.dtype) else tl.float32
+    key = (n, g.dtype, out.dtype, go.dtype, None if ref is None else ref.dtype, g.device,
+           skip_if_equal, rt.config_key(), _aligned(g, out, go, ref))
+    RESCALE(grid, key, [g, out, go, ref if ref is not None else go, n, iters],
+            dict(SKIP_IF_EQUAL=skip_if_equal, HAS_REF=ref is not None, ACC=acc, BLOCK=block,
+                 IDX64=blocks * block >= _INT32_LIMIT), rt.num_warps(block))

@@ -1,0 +1,68 @@
+"""torch.library registration: one ``fusedloss::<name>`` custom op per loss, for torch.compile.
+
+Under ``torch.compile`` the same launcher runs inside the op (dynamo traces it as one node,
+``register_fake`` gives its output metadata); the op returns (loss, G_input, G_target) and its
+registered backward returns ``grad_output * G`` out of place, which inductor can fuse into
+whatever consumes the gradient. Gradients not asked for come back as empty tensors. A raw
+in-place rescale cannot be traced, and never exposing G as a user-held output keeps ``x.grad``
+from sharing its storage (shared notes, engine-design.md).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._autograd import check_first_order, out_of_place_grads
+from ._launch import launch_forward, output_meta
+
+
+def make_custom_op(spec):
+    """The ``fusedloss::<spec.name>`` op running ``spec``'s fused forward."""
+
+    def impl(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+             avg_factor: Optional[torch.Tensor], loss_weight: Optional[torch.Tensor],
+             params: list[float], reduction: str, avg_factor_value: Optional[float],
+             loss_weight_value: Optional[float], need_input_grad: bool,
+             need_target_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        class_index = not target.dtype.is_floating_point
+        params = tuple(params)
+        loss, gx, gt, _ = launch_forward(spec, spec.variant_of(params, class_index), input,
+                                         target, weight, params, reduction, avg_factor_value,
+                                         avg_factor, loss_weight_value, loss_weight, class_index,
+                                         need_input_grad, need_target_grad)
+        empty = input.new_empty(0)
+        return loss, gx if gx is not None else empty, gt if gt is not None else empty
+
+    op = torch.library.custom_op(f"fusedloss::{spec.name}", impl, mutates_args=())
+
+    @op.register_fake
+    def _fake(input, target, weight, avg_factor, loss_weight, params, reduction,
+              avg_factor_value, loss_weight_value, need_input_grad, need_target_grad):
+        meta = output_meta(input, target, weight, reduction, not target.dtype.is_floating_point)
+        loss = input.new_empty(meta.loss_shape, dtype=meta.loss_dtype)
+        gx = input.new_empty(tuple(input.shape) if need_input_grad else (0,), dtype=meta.gx_dtype
+                             if need_input_grad else input.dtype)
+        if need_target_grad:
+            gt = input.new_empty(meta.gt_shape, dtype=meta.gt_dtype)
+        else:
+            gt = input.new_empty((0,))
+        return loss, gx, gt
+
+    def setup_context(ctx, inputs, output):
+        input, target, weight, _, _, _, reduction, _, _, need_gx, need_gt = inputs
+        _, gx, gt = output
+        ctx.save_for_backward(gx if need_gx else None, gt if need_gt else None)
+        ctx.meta = output_meta(input, target, weight, reduction,
+                               not target.dtype.is_floating_point)
+        ctx.dtypes = (input.dtype, target.dtype)
+        ctx.mark_non_differentiable(gx, gt)
+
+    def backward(ctx, go, _unused_gx, _unused_gt):
+        check_first_order()
+        gx, gt = ctx.saved_tensors
+        grad_x, grad_t = out_of_place_grads(go, gx, gt, *ctx.dtypes, ctx.meta)
+        return (grad_x, grad_t) + (None,) * 9
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
