@@ -51,23 +51,24 @@ def out_of_place_grads(go, gx, gt, x_dtype, t_dtype, meta: Meta):
     return grad_x, grad_t
 
 
-def fused_scalar_grads(state, go, buffers, dtypes):
-    """The no-pass backward of a scalar reduction (eager). ``state`` is the autograd ctx."""
+def fused_scalar_grads(state, go, buffers, dtypes, bases):
+    """The no-pass backward of a scalar reduction (eager). ``state`` is the autograd ctx;
+    ``bases``: each buffer's cached rescale key base (``ForwardPlan.rescale_x/_t``)."""
     first = state.go_first is None
     grads = []
-    for g, dtype in zip(buffers, dtypes):
+    for g, dtype, base in zip(buffers, dtypes, bases):
         if g is None:
             grads.append(None)
         elif g.dtype != dtype:  # fp16 gradient kept in fp32: never mutated, always rescaled
             out = rt.alloc(g.shape, dtype, g.device)
-            rescale(g, out, go)
+            rescale(g, out, go, base=base)
             grads.append(out)
         elif first:
-            rescale(g, g, go, skip_if_equal=True)
+            rescale(g, g, go, skip_if_equal=True, base=base)
             grads.append(g)
         else:
             out = rt.alloc(g.shape, g.dtype, g.device)
-            rescale(g, out, go, ref=state.go_first)
+            rescale(g, out, go, ref=state.go_first, base=base)
             grads.append(out)
     if first:
         state.go_first = go
@@ -84,23 +85,38 @@ class FusedLossFunction(torch.autograd.Function):
     def forward(ctx, call, input, target):
         spec, variant, weight, params, reduction, af_value, af_tensor, lw_value, lw_tensor, \
             class_index, need_gx, need_gt = call
-        loss, gx, gt, meta = launch_forward(spec, variant, input, target, weight, params,
+        loss, gx, gt, plan = launch_forward(spec, variant, input, target, weight, params,
                                             reduction, af_value, af_tensor, lw_value, lw_tensor,
                                             class_index, need_gx, need_gt)
-        ctx.save_for_backward(gx, gt)
-        ctx.meta = meta
-        ctx.reduction = reduction
-        ctx.dtypes = (input.dtype, target.dtype)
+        if plan.input_grad_only:
+            ctx.save_for_backward(gx)
+        else:
+            ctx.save_for_backward(gx, gt)
+        ctx.plan = plan
         ctx.go_first = None
         return loss
 
     @staticmethod
     def backward(ctx, go):
-        check_first_order()
-        gx, gt = ctx.saved_tensors
-        x_dtype, t_dtype = ctx.dtypes
-        if ctx.reduction == "none":
-            grad_x, grad_t = out_of_place_grads(go, gx, gt, x_dtype, t_dtype, ctx.meta)
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+        plan = ctx.plan
+        if plan.input_grad_only and ctx.go_first is None:
+            # the common case (a scalar loss, dL/dinput only, first backward), kept short for
+            # host time: rescale in place only if go != 1 (on the device) and hand G over
+            gx, = ctx.saved_tensors
+            rescale(gx, gx, go, skip_if_equal=True, base=plan.rescale_x)
+            ctx.go_first = go
+            return None, gx, None
+        if plan.input_grad_only:
+            gx, = ctx.saved_tensors
+            gt = None
         else:
-            grad_x, grad_t = fused_scalar_grads(ctx, go, (gx, gt), (x_dtype, t_dtype))
+            gx, gt = ctx.saved_tensors
+        x_dtype, t_dtype = plan.dtypes
+        if plan.reduction == "none":
+            grad_x, grad_t = out_of_place_grads(go, gx, gt, x_dtype, t_dtype, plan.meta)
+        else:
+            grad_x, grad_t = fused_scalar_grads(ctx, go, (gx, gt), (x_dtype, t_dtype),
+                                                (plan.rescale_x, plan.rescale_t))
         return None, grad_x, grad_t

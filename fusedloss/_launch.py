@@ -17,18 +17,23 @@ through ``JITFunction`` (there is nothing compiled to call).
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import triton
 import triton.language as tl
+from triton.compiler import CompiledKernel
+from triton.runtime.jit import JITFunction
 
 from . import _runtime as rt
 from ._plan import MAX_DIMS, collapse
 from .kernels import engine as K
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+_JIT_RUN = JITFunction.run  # Triton's own; a tool may wrap it (see KernelLauncher)
 _INT32_LIMIT = 2 ** 31
 
 
@@ -44,33 +49,60 @@ class KernelLauncher:
 
     ``args`` are the kernel's runtime arguments in order; ``constexprs`` its constexpr
     parameters in order (the kernels keep them last); ``key`` identifies every argument's
-    specialisation (a plan key plus pointer alignments).
+    specialisation (a plan key plus pointer alignments). A tool that wraps
+    ``JITFunction.run`` (``gpuproxy sass``, ``tests/compile_for_gpu.py``) sees every launch:
+    while it is wrapped, launches go through it.
     """
 
     def __init__(self, fn, name: str):
         self.fn = fn
         self.name = name
-        self._compiled: dict = {}
+        self._compiled: dict = {}  # key -> what a direct launch needs
+        self._kernel: dict = {}  # key -> the CompiledKernel (for profiler hooks)
 
-    def __call__(self, grid: int, key, args: list, constexprs: dict, warps: int) -> None:
+    def __call__(self, grid: int, key, ptrs: list, scalars: list, constexprs: dict,
+                 warps: int) -> None:
+        """``ptrs``: the leading pointer arguments (tensors, or None where the kernel does not
+        use one: Triton makes it a constexpr None); ``scalars``: the remaining runtime ones."""
         rt.LAUNCH_COUNTS[self.name] += 1
-        if rt.INTERPRETED:
-            self.fn[(grid,)](*args, **constexprs)
+        entry = self._compiled.get(key)
+        if entry is None or JITFunction.run is not _JIT_RUN:
+            self._first_launch(grid, key, ptrs, scalars, constexprs, warps)
             return
-        kernel = self._compiled.get(key)
-        if kernel is None:
-            kernel = self.fn[(grid,)](*args, **constexprs, num_warps=warps)
-            if kernel is not None:
-                self._compiled[key] = kernel
-            return
-        driver = triton.runtime.driver.active
-        stream = driver.get_current_stream(driver.get_current_device())
+        run, function, packed, cvalues, get_stream, get_device = entry
+        stream = get_stream(get_device())
+        # integer addresses: the launcher then skips a data_ptr() call and a driver query
+        # (cuPointerGetAttribute) per pointer; devices were checked before any kernel
+        addresses = [p if p is None else p.data_ptr() for p in ptrs]
         knobs = triton.knobs.runtime
         enter, leave = knobs.launch_enter_hook, knobs.launch_exit_hook
-        full = (*args, *constexprs.values())
-        meta = kernel.launch_metadata((grid, 1, 1), stream, *full) if enter is not None else None
-        kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, meta, enter, leave,
-                   *full)
+        if ((enter is not None and getattr(enter, "calls", True))
+                or (leave is not None and getattr(leave, "calls", True))):
+            # a profiler hook (e.g. proton) gets the metadata JITFunction.run would give it
+            meta = self._kernel[key].launch_metadata((grid, 1, 1), stream, *ptrs, *scalars,
+                                                     *cvalues)
+            run(grid, 1, 1, stream, function, packed, meta, enter, leave, *addresses, *scalars,
+                *cvalues)
+        else:  # Triton builds that metadata for empty hook chains too (~4 us); skip it
+            run(grid, 1, 1, stream, function, packed, None, None, None, *addresses, *scalars,
+                *cvalues)
+
+    def forget(self) -> None:
+        """Drop the direct-launch entries (Triton keeps its compiled kernels)."""
+        self._compiled.clear()
+        self._kernel.clear()
+
+    def _first_launch(self, grid, key, ptrs, scalars, constexprs, warps) -> None:
+        if rt.INTERPRETED:
+            self.fn[(grid,)](*ptrs, *scalars, **constexprs)
+            return
+        kernel = self.fn[(grid,)](*ptrs, *scalars, **constexprs, num_warps=warps)
+        if isinstance(kernel, CompiledKernel):  # None or a stand-in when run is wrapped
+            self._kernel[key] = kernel
+            driver = triton.runtime.driver.active
+            self._compiled[key] = (kernel.run, kernel.function, kernel.packed_metadata,
+                                   tuple(constexprs.values()), driver.get_current_stream,
+                                   driver.get_current_device)
 
 
 FWD = KernelLauncher(K.fused_loss_fwd_kernel, "fused_loss_fwd_kernel")
@@ -79,9 +111,16 @@ FINALIZE = KernelLauncher(K.finalize_kernel, "finalize_kernel")
 RESCALE = KernelLauncher(K.rescale_kernel, "rescale_kernel")
 
 
-def _aligned(*tensors) -> tuple:
-    """Triton's pointer specialisation: 16-byte alignment of each user tensor."""
-    return tuple(t is not None and t.data_ptr() % 16 == 0 for t in tensors)
+def _aligned(*tensors):
+    """Triton's pointer specialisation: 16-byte alignment of each user tensor (True when all
+    are aligned, the common case, else one flag per tensor)."""
+    combined = 0
+    for t in tensors:
+        if t is not None:
+            combined |= t.data_ptr()
+    if combined % 16 == 0:
+        return True
+    return tuple(t is None or t.data_ptr() % 16 == 0 for t in tensors)
 
 
 # --------------------------------------------------------------------------- output metadata
@@ -141,35 +180,50 @@ class ForwardPlan:
     copy_operands: bool  # more than MAX_DIMS collapsed dims: operands are copied contiguous
     gt_full_dtype: Optional[torch.dtype]  # dtype of the full-size target gradient buffer
     finalize_constexprs: dict
+    gx_like_input: bool  # the input gradient buffer is torch.empty_like(input)
+    ticket: bool  # FINALIZE_TICKET: the integer ticket counter
+    poison: bool  # engine_config(poison=True)
+    rescale_x: tuple  # rescale key bases of the gradient buffers (see ``rescale``)
+    rescale_t: tuple
+    ident: int  # a small number naming the plan in kernel-cache keys (cheap to hash)
+    dtypes: tuple  # (input.dtype, target.dtype)
+    reduction: str
+    input_grad_only: bool  # scalar reduction, gradient for input only, kept in input's dtype
 
 
 _PLANS: dict = {}
-
-
-def _signature(t: Optional[torch.Tensor]):
-    return None if t is None else (t.shape, t.stride(), t.dtype)
+_MAX_PLANS = 4096
+_IDENTS = itertools.count()
 
 
 def forward_plan(spec, variant: int, input, target, weight, reduction: str, af_kind: int,
                  af_tensor, lw_tensor, class_index: bool, need_gx: bool, need_gt: bool):
-    """The cached plan of a forward launch, and its key (for the compiled-kernel cache)."""
+    """The cached plan of a forward launch (``plan.ident`` keys its compiled kernels)."""
     key = (spec.name, variant, reduction, af_kind, need_gx, need_gt, class_index,
-           input.shape, input.stride(), input.dtype, input.device,
-           target.shape, target.stride(), target.dtype, _signature(weight),
+           input.shape, input.stride(), input.dtype, input.get_device(),
+           target.shape, target.stride(), target.dtype,
+           None if weight is None else (weight.shape, weight.stride(), weight.dtype),
            None if af_tensor is None else af_tensor.dtype,
-           None if lw_tensor is None else lw_tensor.dtype, rt.config_key())
+           None if lw_tensor is None else lw_tensor.dtype, rt.CONFIG_KEY)
     plan = _PLANS.get(key)
     if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:  # many distinct shapes: start over (plans are cheap)
+            _PLANS.clear()
+            _RESCALE_PLANS.clear()
+            for launcher in (FWD, FWD_STRIDED, FINALIZE, RESCALE):
+                launcher.forget()
         plan = _PLANS[key] = _build_plan(spec, variant, input, target, weight, reduction, af_kind,
-                                         af_tensor, lw_tensor, class_index, need_gx, need_gt)
-    return plan, key
+                                         af_tensor, lw_tensor, class_index, need_gx, need_gt,
+                                         next(_IDENTS))
+    return plan
 
 
 AF_NONE, AF_VALUE, AF_TENSOR = 0, 1, 2
+_PAD = [(0.0,) * (4 - k) for k in range(5)]  # hyper-parameters padded to p0..p3
 
 
 def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor, lw_tensor,
-                class_index, need_gx, need_gt) -> ForwardPlan:
+                class_index, need_gx, need_gt, ident: int) -> ForwardPlan:
     meta = output_meta(input, target, weight, reduction, class_index)
     shape = tuple(input.shape)
     n = input.numel()
@@ -231,7 +285,12 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
     return ForwardPlan(meta, launcher, grid, ints, constexprs, rt.num_warps(block), denom,
                        weight_sum, reduction != "none" and grid > 1,
                        reduction != "none" and finalize == K.FINALIZE_PARTIALS, copy_operands,
-                       gt_full_dtype, finalize_constexprs)
+                       gt_full_dtype, finalize_constexprs,
+                       input.is_contiguous() and meta.gx_dtype == input.dtype,
+                       finalize == K.FINALIZE_TICKET, bool(rt._CONFIG["poison"]),
+                       (ident, 0), (ident, 1), ident, (input.dtype, target.dtype), reduction,
+                       reduction != "none" and need_gx and not need_gt
+                       and meta.gx_dtype == input.dtype)
 
 
 _TICKETS: dict = {}
@@ -246,12 +305,11 @@ def _ticket_counter(device: torch.device) -> torch.Tensor:
 
 def launch_forward(spec, variant, input, target, weight, params, reduction, af_value, af_tensor,
                    lw_value, lw_tensor, class_index, need_gx, need_gt):
-    """Run the fused forward. Returns (loss, G_input or None, G_target or None, meta)."""
+    """Run the fused forward. Returns (loss, G_input or None, G_target or None, plan)."""
     af_kind = AF_TENSOR if af_tensor is not None else AF_VALUE if af_value is not None else AF_NONE
-    plan, key = forward_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor,
-                             lw_tensor, class_index, need_gx, need_gt)
+    plan = forward_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor,
+                        lw_tensor, class_index, need_gx, need_gt)
     meta = plan.meta
-    device = input.device
     x, t, w = input, target, weight
     if plan.copy_operands:
         shape = tuple(input.shape)
@@ -259,57 +317,78 @@ def launch_forward(spec, variant, input, target, weight, params, reduction, af_v
         t = (t.unsqueeze(-1) if class_index else t).expand(shape).contiguous()
         w = w.expand(shape).contiguous() if w is not None else None
 
-    out = rt.alloc(meta.loss_shape, meta.loss_dtype, device)
-    gx = rt.alloc(input.shape, meta.gx_dtype, device) if need_gx else None
-    gt_full = rt.alloc(input.shape, plan.gt_full_dtype, device) if need_gt else None
-    partials = rt.alloc((plan.grid,), meta.acc_dtype, device) if plan.partials else out
-    counter = (_ticket_counter(device)
-               if plan.constexprs["FINALIZE"] == K.FINALIZE_TICKET else out)
+    if plan.poison:
+        out = rt.alloc(meta.loss_shape, meta.loss_dtype, input.device)
+        gx = rt.alloc(input.shape, meta.gx_dtype, input.device) if need_gx else None
+    else:  # the cheapest allocation calls (host time)
+        out = input.new_empty(meta.loss_shape, dtype=meta.loss_dtype)
+        gx = None
+        if need_gx:
+            gx = (torch.empty_like(input) if plan.gx_like_input
+                  else input.new_empty(input.shape, dtype=meta.gx_dtype))
+    gt_full = rt.alloc(input.shape, plan.gt_full_dtype, input.device) if need_gt else None
+    partials = rt.alloc((plan.grid,), meta.acc_dtype, input.device) if plan.partials else None
+    counter = _ticket_counter(input.device) if plan.ticket else None
 
     lw_f = 1.0 if lw_value is None else lw_value
     if af_value is not None:
         lw_f = lw_f / af_value
-    denom_ptr = out
+    denom_ptr = None
     if plan.denom == K.DENOM_TENSOR:
         if plan.weight_sum:
             denom_ptr = weight.sum(dtype=meta.acc_dtype)
             rt.LAUNCH_COUNTS["torch.sum(weight)"] += 1
         else:
             denom_ptr = af_tensor
-    lw_ptr = lw_tensor if lw_tensor is not None else out
-    p = params + (0.0,) * (4 - len(params))
+    p = params + _PAD[len(params)]
 
-    kkey = (key, _aligned(x, t, w, af_tensor, lw_tensor))
-    plan.launcher(plan.grid, kkey,
-                  [x, t, w if w is not None else x, out, gx if gx is not None else out,
-                   gt_full if gt_full is not None else out, partials, counter, denom_ptr, lw_ptr,
-                   plan.ints[0], plan.ints[1], lw_f, *p, *plan.ints[2:]],
+    kkey = (plan.ident, _aligned(x, t, w, af_tensor, lw_tensor))
+    plan.launcher(plan.grid, kkey, [x, t, w, out, gx, gt_full, partials, counter, denom_ptr,
+                                    lw_tensor],
+                  [plan.ints[0], plan.ints[1], lw_f, *p, *plan.ints[2:]],
                   plan.constexprs, plan.warps)
     if plan.finalize:
-        FINALIZE(1, kkey, [partials, out, denom_ptr, lw_ptr, plan.grid, plan.ints[0], plan.ints[1],
-                           lw_f], plan.finalize_constexprs, 4)
+        FINALIZE(1, kkey, [partials, out, denom_ptr, lw_tensor],
+                 [plan.grid, plan.ints[0], plan.ints[1], lw_f], plan.finalize_constexprs, 4)
 
     gt = gt_full
     if need_gt and meta.target_reduce_dims and reduction != "none":
         gt = gt_full.sum(dim=meta.target_reduce_dims, keepdim=True)
         gt = gt.reshape(meta.gt_shape).to(meta.gt_dtype)
-    return out, gx, gt, meta
+    return out, gx, gt, plan
 
 
 # --------------------------------------------------------------------------- rescale
 
+_RESCALE_PLANS: dict = {}
+_MAX_PLANS = 4096
+_IDENTS = itertools.count()
+
+
 def rescale(g: torch.Tensor, out: torch.Tensor, go: torch.Tensor, *, ref=None,
-            skip_if_equal: bool = False) -> None:
+            skip_if_equal: bool = False, base=None) -> None:
     """out = g * (go / ref) (ref = 1 unless given) on a persistent grid; with
-    ``skip_if_equal`` nothing moves when go == ref (decided on the device)."""
-    n = g.numel()
-    block = rt.pick_block(n)
-    blocks = max(1, triton.cdiv(n, block))
-    grid = min(blocks, rt.persistent_programs(g.device))
-    iters = triton.cdiv(blocks, grid)
-    acc = tl.float64 if torch.float64 in (g.dtype, go.dtype) else tl.float32
-    key = (n, g.dtype, out.dtype, go.dtype, None if ref is None else ref.dtype, g.device,
-           skip_if_equal, rt.config_key(), _aligned(g, out, go, ref))
-    RESCALE(grid, key, [g, out, go, ref if ref is not None else go, n, iters],
-            dict(SKIP_IF_EQUAL=skip_if_equal, HAS_REF=ref is not None, ACC=acc, BLOCK=block,
-                 IDX64=blocks * block >= _INT32_LIMIT), rt.num_warps(block))
+    ``skip_if_equal`` nothing moves when go == ref (decided on the device).
+
+    ``g`` and ``out`` are the engine's own buffers (16-byte aligned). ``base`` names ``g``'s
+    (numel, dtype, device) in the key: a forward plan's (ident, slot), cheap to hash, or None.
+    """
+    if base is None:
+        base = (g.numel(), g.dtype, g.device, rt.CONFIG_KEY)
+    key = (base, out.dtype, go.dtype, skip_if_equal, go.data_ptr() % 16 == 0,
+           None if ref is None else (ref.dtype, ref.data_ptr() % 16 == 0))
+    entry = _RESCALE_PLANS.get(key)
+    if entry is None:
+        if len(_RESCALE_PLANS) >= _MAX_PLANS:
+            _RESCALE_PLANS.clear()
+            RESCALE.forget()
+        n = g.numel()
+        block = rt.pick_block(n)
+        blocks = max(1, -(-n // block))
+        grid = min(blocks, rt.persistent_programs(g.device))
+        acc = tl.float64 if torch.float64 in (g.dtype, go.dtype) else tl.float32
+        entry = _RESCALE_PLANS[key] = (grid, next(_IDENTS), [n, -(-blocks // grid)], dict(
+            SKIP_IF_EQUAL=skip_if_equal, HAS_REF=ref is not None, ACC=acc, BLOCK=block,
+            IDX64=blocks * block >= _INT32_LIMIT), rt.num_warps(block))
+    grid, ident, scalars, constexprs, warps = entry
+    RESCALE(grid, ident, [g, out, go, ref], scalars, constexprs, warps)

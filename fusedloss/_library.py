@@ -27,7 +27,7 @@ def make_custom_op(spec):
              need_target_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         class_index = not target.dtype.is_floating_point
         params = tuple(params)
-        loss, gx, gt, _ = launch_forward(spec, spec.variant_of(params, class_index), input,
+        loss, gx, gt, _plan = launch_forward(spec, spec.variant_of(params, class_index), input,
                                          target, weight, params, reduction, avg_factor_value,
                                          avg_factor, loss_weight_value, loss_weight, class_index,
                                          need_input_grad, need_target_grad)

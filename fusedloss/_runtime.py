@@ -35,6 +35,8 @@ FORCE_COMPILED = os.environ.get("FUSEDLOSS_FORCE_COMPILED", "0") not in ("", "0"
 LAUNCH_COUNTS: collections.Counter = collections.Counter()
 
 _CONFIG: dict[str, Any] = {"block": None, "one_launch": False, "poison": False}
+#: what of the configuration a launch plan depends on (kept in step by engine_config)
+CONFIG_KEY: tuple = (None, False, False)
 
 
 @contextlib.contextmanager
@@ -56,16 +58,21 @@ def engine_config(*, block: Optional[int] = None, one_launch: Optional[bool] = N
         _CONFIG["one_launch"] = bool(one_launch)
     if poison is not None:
         _CONFIG["poison"] = bool(poison)
+    _set_config_key()
     try:
         yield
     finally:
         _CONFIG.clear()
         _CONFIG.update(saved)
+        _set_config_key()
 
 
-def config_key() -> tuple:
-    """What of the configuration a launch plan depends on."""
-    return (_CONFIG["block"], _CONFIG["one_launch"], _CONFIG["poison"])
+def _set_config_key() -> None:
+    global CONFIG_KEY
+    CONFIG_KEY = (_CONFIG["block"], _CONFIG["one_launch"], _CONFIG["poison"])
+
+
+_CPU_TRITON = INTERPRETED or FORCE_COMPILED
 
 
 def uses_triton(device: torch.device) -> bool:
@@ -73,7 +80,8 @@ def uses_triton(device: torch.device) -> bool:
     FUSEDLOSS_FORCE_COMPILED=1) and fall back to the pure-PyTorch reference otherwise."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and (INTERPRETED or FORCE_COMPILED)
+    return device.type == "cpu" and _CPU_TRITON
+
 
 
 def pick_block(n: int) -> int:
@@ -114,3 +122,13 @@ def alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if _CONFIG["poison"]:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def alloc_like(like: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
+    """``alloc`` on ``like``'s device, contiguous; ``empty_like`` when that is the same thing
+    (the cheapest allocation call, ~1 us less host time than ``torch.empty``)."""
+    if _CONFIG["poison"]:
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    if shape is like.shape and dtype == like.dtype and like.is_contiguous():
+        return torch.empty_like(like)
+    return like.new_empty(shape, dtype=dtype)

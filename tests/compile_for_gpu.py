@@ -7,6 +7,15 @@ signature with Triton's own runtime specialisation (``native_specialize_impl``) 
 down to a cubin with the bundled ptxas; then the public API is driven through a matrix of cases
 with CPU tensors (nothing is launched, so the results are never read).
 
+Then the static checks (``tests/sass.py`` reads each cubin with Triton's bundled cuobjdump):
+
+* no kernel variant spills (local memory 0);
+* every float32 forward variant fits the register budget (REGISTER_BUDGET = 128 per thread:
+  at 8 warps that keeps 2 CTAs per SM resident, so one CTA's loads overlap another's math);
+* the int32-indexed float32 forward variants contain no CALL: no slow-path (64-bit) integer
+  division or any other subroutine in the per-element body;
+* contiguous operands move in 16-byte vectors (LDG.E.128) in the users' layouts below.
+
 Run without TRITON_INTERPRET: ``python tests/compile_for_gpu.py [sm]`` (default sm 90).
 """
 from __future__ import annotations
@@ -26,12 +35,17 @@ from triton.runtime.jit import JITFunction, native_specialize_impl  # noqa: E402
 
 import fusedloss as fl  # noqa: E402
 from fusedloss import _engine  # noqa: E402
+import sass  # noqa: E402  (tests/sass.py)
 
 TARGET = GPUTarget("cuda", int(sys.argv[1]) if len(sys.argv) > 1 else 90, 32)
 BACKEND = CUDABackend(TARGET)
-COMPILED: dict = {}  # compile key -> PTX
+COMPILED: dict = {}  # compile key -> CompiledKernel
 LAST_PTX: dict = {}  # kernel name -> PTX of its latest "launch"
 LAUNCHED: list = []  # (kernel name, PTX) of every "launch"
+VARIANTS: dict = {}  # compile key -> (kernel name, constexprs, num_warps, label of the first case)
+CASE = [""]  # label of the case being compiled
+REGISTER_BUDGET = 128
+FORWARD = ("fused_loss_fwd_kernel", "fused_loss_fwd_strided_kernel")
 
 
 def compile_instead_of_launch(self, *args, grid, warmup=False, **kwargs):
@@ -53,11 +67,12 @@ def compile_instead_of_launch(self, *args, grid, warmup=False, **kwargs):
     key = (self.fn.__name__, tuple(signature.items()), tuple(sorted(attrs)),
            tuple((k, getattr(v, "__name__", repr(v))) for k, v in constexprs.items()), tuple(options.items()))
     if key not in COMPILED:
-        kernel = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs,
-                                          attrs=attrs), target=TARGET, options=options)
-        COMPILED[key] = kernel.asm["ptx"]
-    LAST_PTX[self.fn.__name__] = COMPILED[key]
-    LAUNCHED.append((self.fn.__name__, COMPILED[key]))
+        COMPILED[key] = triton.compile(ASTSource(fn=self, signature=signature,
+                                                 constexprs=constexprs, attrs=attrs),
+                                       target=TARGET, options=options)
+        VARIANTS[key] = (self.fn.__name__, constexprs, options.get("num_warps", 4), CASE[0])
+    LAST_PTX[self.fn.__name__] = COMPILED[key].asm["ptx"]
+    LAUNCHED.append((self.fn.__name__, COMPILED[key].asm["ptx"]))
 
 
 def cases():
@@ -93,11 +108,75 @@ def cases():
         lambda: (torch.randn(64, 8, dtype=bf16, requires_grad=True), torch.randint(0, 9, (64,), dtype=torch.int32))
 
 
+def scenarios():
+    """The users' layouts of ``gpuproxy sass`` at the GPU's default block (4096): (label,
+    forward + backward through the public API, contiguous operands whose loads must be 16-byte
+    vectors: their count per thread)."""
+    f32, bf16 = torch.float32, torch.bfloat16
+
+    def leaf(*shape, dtype=f32):
+        return torch.randn(*shape, dtype=dtype).requires_grad_(True)
+
+    def cotracker(points):
+        iter_w = (0.8 ** torch.arange(3, -1, -1.0)).view(4, 1, 1, 1, 1)
+        vis = torch.rand(8, 8, points, 1) > 0.3
+        fl.huber_loss(leaf(4, 8, 8, points, 2), torch.randn(8, 8, points, 2), "weighted_mean",
+                      delta=6.0, weight=iter_w * vis).backward()
+
+    def focal_labels(rows):
+        fl.sigmoid_focal_loss(leaf(rows, 80), torch.randint(0, 81, (rows,)), reduction="mean",
+                              avg_factor=torch.tensor(100.0)).backward()
+
+    def dlc():
+        kp_w = (torch.rand(8, 17, 1, 1) > 0.1).float()
+        fl.mse_loss(leaf(8, 17, 64, 64), torch.rand(8, 17, 64, 64), "mean", weight=kp_w,
+                    avg_factor=torch.tensor(1000.0)).backward()
+
+    n = 1 << 20
+    yield "huber fp32 2^20", lambda: fl.huber_loss(leaf(n), torch.randn(n)).backward(), 8
+    yield "huber fp32 odd", lambda: fl.huber_loss(leaf(n - 3), torch.randn(n - 3)).backward(), 8
+    yield "huber bf16 2^20", lambda: fl.huber_loss(leaf(n, dtype=bf16),
+                                                   torch.randn(n, dtype=bf16)).backward(), 4
+    yield "focal float t (8192,128)", lambda: fl.sigmoid_focal_loss(
+        leaf(8192, 128), (torch.rand(8192, 128) > 0.99).float(), reduction="mean").backward(), 8
+    yield "focal labels (16384,80)", lambda: focal_labels(16384), 4
+    yield "focal labels (16383,80) odd", lambda: focal_labels(16383), 4
+    yield "CoTracker I=4", lambda: cotracker(4096), 4
+    yield "CoTracker I=4 odd N", lambda: cotracker(4095), 4
+    yield "DLC heatmaps", dlc, 8
+    yield "shrinkage", lambda: fl.shrinkage_loss(leaf(n), torch.rand(n)).backward(), 8
+
+
+def static_checks(vector_cases: dict) -> list:
+    """Every rule of the module docstring over every compiled variant; returns the failures."""
+    failures = []
+    for key, kernel in COMPILED.items():
+        name, constexprs, warps, case = VARIANTS[key]
+        f = sass.facts(kernel.asm["cubin"])
+        where = f"{name} [{case}] regs={f.registers}"
+        if f.local_bytes or f.stack_bytes:
+            failures.append(f"{where}: spills (local {f.local_bytes} B, stack {f.stack_bytes} B)")
+        if name not in FORWARD or str(constexprs.get("ACC")) != "fp32":
+            continue
+        if f.registers > REGISTER_BUDGET:
+            failures.append(f"{where}: over the {REGISTER_BUDGET}-register budget "
+                            f"({sass.ctas_per_sm(f.registers, warps)} CTA/SM at {warps} warps)")
+        if not constexprs.get("IDX64") and f.count("CALL"):
+            failures.append(f"{where}: {f.count('CALL')} CALL in the int32 body (slow path)")
+        if case in vector_cases:
+            wide = f.load_widths()["128"]
+            if wide < vector_cases[case]:
+                failures.append(f"{where}: {wide} LDG.E.128 per thread, expected >= "
+                                f"{vector_cases[case]} ({dict(f.load_widths())})")
+    return failures
+
+
 def main() -> int:
     JITFunction.run = compile_instead_of_launch
     _engine.uses_triton = lambda device: True
     for one_launch in (False, True):
         for fn, kwargs, make in cases():
+            CASE[0] = f"{fn.__name__} {sorted(kwargs)}"
             x, t = make()
             with fl.engine_config(block=64, one_launch=one_launch):  # several programs
                 loss = fn(x, t, **kwargs)
@@ -126,10 +205,21 @@ def main() -> int:
     if len(rescales) != 4 or not all("ld.global.v4.b32" in ptx for ptx in rescales):
         print("FAIL: the rescale of an fp32 gradient is not vectorised")
         return 1
+    vector_cases = {}
+    for label, run, wide_loads in scenarios():
+        CASE[0] = label
+        vector_cases[label] = wide_loads
+        run()
     names = sorted({key[0] for key in COMPILED})
     print(f"compiled {len(COMPILED)} kernel variants for sm_{TARGET.arch} ({', '.join(names)}) "
           f"with triton {triton.__version__}")
-    return 0
+    failures = static_checks(vector_cases)
+    for failure in failures:
+        print("FAIL:", failure)
+    print(f"static checks: {len(COMPILED)} variants, {len(failures)} failures "
+          f"(no spills; fp32 forward: <= {REGISTER_BUDGET} registers, no CALL when int32-indexed; "
+          f"16-byte loads on contiguous operands)")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

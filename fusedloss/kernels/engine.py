@@ -197,14 +197,15 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col,
                    HAS_W: tl.constexpr, T_INDEX: tl.constexpr, REDUCE: tl.constexpr,
                    DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
                    NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
-                   ACC: tl.constexpr, RBLOCK: tl.constexpr, EVEN: tl.constexpr):
+                   ACC: tl.constexpr, RBLOCK: tl.constexpr, FULL: tl.constexpr):
     """The body both drivers share: offsets in, loss / gradients / partials out.
 
-    EVEN (n is a multiple of BLOCK, chosen on the host): no bounds mask at all, so loads and
-    stores are unpredicated and the registers of masked-off lanes need no zero fill. Masked-off
-    lanes (the last block otherwise) load nothing and are never used: no ``other=`` fill.
+    FULL (the block lies inside [0, n)): no bounds mask at all, so loads and stores are
+    unpredicated 16-byte vectors (a mask ``offs < n`` with n not a multiple of 16 would make
+    them scalar) and no register needs a zero fill. Otherwise masked-off lanes load nothing and
+    are never used: no ``other=`` fill.
     """
-    if EVEN:
+    if FULL:
         mask = None
     x = tl.load(x_ptr + ox, mask=mask).to(ACC)
     if T_INDEX:
@@ -216,7 +217,7 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col,
         t = tl.load(t_ptr + ot, mask=mask).to(ACC)
     if HAS_W:
         w = tl.load(w_ptr + ow, mask=mask).to(ACC)
-        if EVEN:
+        if FULL:
             keep = w != 0
         else:
             keep = mask & (w != 0)
@@ -230,7 +231,7 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col,
         loss = tl.where(keep, loss * w, 0.0)
         dx = tl.where(keep, dx * w, 0.0)
         dt = tl.where(keep, dt * w, 0.0)
-    elif not EVEN:
+    elif not FULL:
         loss = tl.where(mask, loss, 0.0)  # garbage lanes must not reach the sum
 
     scale = loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr, DENOM, ZERO_SAFE, HAS_LW_PTR, ACC)
@@ -255,6 +256,32 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col,
                     total = sum_partials(partial_ptr, tl.num_programs(0), ACC, RBLOCK)
                     store_rounded(out_ptr, total * scale, None)
                     tl.store(counter_ptr, 0)  # ready for the next call, no memset launch
+
+
+@triton.jit
+def _forward_split(pid, offs, ox, ot, ow, col,
+                   x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
+                   denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
+                   MATH: tl.constexpr, VARIANT: tl.constexpr,
+                   HAS_W: tl.constexpr, T_INDEX: tl.constexpr, REDUCE: tl.constexpr,
+                   DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
+                   NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
+                   ACC: tl.constexpr, RBLOCK: tl.constexpr, BLOCK: tl.constexpr,
+                   EVEN: tl.constexpr):
+    """Every block but the last of a launch is full: it runs the mask-free body, and only the
+    tail block pays for bounds masks (EVEN, n a multiple of BLOCK on the host: no tail)."""
+    if EVEN or (pid + 1) * BLOCK <= n:
+        _forward_block(pid, offs, None, ox, ot, ow, col,
+                       x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
+                       denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
+                       MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
+                       NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, True)
+    else:
+        _forward_block(pid, offs, offs < n, ox, ot, ow, col,
+                       x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
+                       denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
+                       MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
+                       NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, False)
 
 
 @triton.jit
@@ -283,12 +310,11 @@ def fused_loss_fwd_kernel(
 ):
     """Every operand contiguous in input's shape (a class-index target only when C == 1)."""
     pid, offs = _block_offsets(BLOCK, IDX64)
-    mask = offs < n
-    _forward_block(pid, offs, mask, offs, offs, offs, tl.zeros_like(offs),
+    _forward_split(pid, offs, offs, offs, offs, tl.zeros_like(offs),
                    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                    MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
-                   NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, EVEN)
+                   NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, BLOCK, EVEN)
 
 
 @triton.jit
@@ -311,7 +337,6 @@ def fused_loss_fwd_strided_kernel(
     """Broadcast / strided operands (see the module docstring). COL_IS_DIM0: the innermost
     collapsed dimension is the class dimension of a class-index target (else C == 1)."""
     pid, offs = _block_offsets(BLOCK, IDX64)
-    mask = offs < n
     ox, ot, ow, col = operand_offsets(offs, NDIM, IDX64, ZX, ZT, ZW,
                                       n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4,
                                       sx0, sx1, sx2, sx3, sx4, sx5,
@@ -325,11 +350,11 @@ def fused_loss_fwd_strided_kernel(
         ow = offs
     if not COL_IS_DIM0:
         col = tl.zeros_like(offs)
-    _forward_block(pid, offs, mask, ox, ot, ow, col,
+    _forward_split(pid, offs, ox, ot, ow, col,
                    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                    MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
-                   NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, EVEN)
+                   NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, BLOCK, EVEN)
 
 
 @triton.jit
