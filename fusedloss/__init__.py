@@ -1,5 +1,5 @@
 """fusedloss: fused Triton losses (loss + mask + reduction + gradient in one pass) for PyTorch."""
-from . import distributed, reference
+from . import distributed, reference, runtime
 from ._engine import REGISTRY, engine_config
 from .regression import (HuberLoss, L1Loss, MSELoss, SmoothL1Loss, huber_loss, l1_loss,
                          mse_loss, smooth_l1_loss)
@@ -10,7 +10,7 @@ from .focal import (FocalLoss, QualityFocalLoss, VarifocalLoss, quality_focal_lo
 __version__ = "0.1.0"
 
 __all__ = [
-    "reference", "distributed", "REGISTRY", "engine_config",
+    "reference", "distributed", "runtime", "REGISTRY", "engine_config",
     "huber_loss", "smooth_l1_loss", "l1_loss", "mse_loss",
     "HuberLoss", "SmoothL1Loss", "L1Loss", "MSELoss",
     "shrinkage_loss", "ShrinkageLoss",

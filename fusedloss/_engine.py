@@ -77,6 +77,9 @@ def apply_loss(spec: LossSpec, input, target, params: tuple, reduction: str, wei
                           af_tensor, lw_value, lw_tensor, class_index, False, False)[0]
 
 
+LossSpec.__call__ = apply_loss  # spec(...) is apply_loss(spec, ...): no forwarding frame
+
+
 class FusedLossModule(torch.nn.Module):
     """Base of the nn.Module wrappers: hyper-parameters and loss_weight at construction (as
     mmdet), weight and avg_factor per call."""

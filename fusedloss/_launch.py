@@ -47,11 +47,11 @@ def grad_buffer_dtype(dtype: torch.dtype) -> torch.dtype:
 class KernelLauncher:
     """Launch one ``@triton.jit`` kernel, compiled kernels straight through their launcher.
 
-    ``args`` are the kernel's runtime arguments in order; ``constexprs`` its constexpr
-    parameters in order (the kernels keep them last); ``key`` identifies every argument's
-    specialisation (a plan key plus pointer alignments). A tool that wraps
-    ``JITFunction.run`` (``gpuproxy sass``, ``tests/compile_for_gpu.py``) sees every launch:
-    while it is wrapped, launches go through it.
+    The kernel's runtime arguments come as ``ptrs`` (its leading pointer parameters) and
+    ``scalars`` (the rest), in order; ``constexprs`` are its constexpr parameters in order (the
+    kernels keep them last); ``key`` identifies every argument's specialisation (a plan's small
+    ident and the pointer alignments). A tool that wraps ``JITFunction.run`` (``gpuproxy sass``,
+    ``tests/compile_for_gpu.py``) sees every launch: while it is wrapped, launches go through it.
     """
 
     def __init__(self, fn, name: str):

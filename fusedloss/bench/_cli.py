@@ -12,10 +12,12 @@ from typing import Optional
 
 import torch
 
+from .. import runtime
 from . import _report
 from ._registry import CASES, CASE_BY_NAME, DTYPES, IMPLS, MODES, WEIGHTS, Case
-from ._timing import (GradOutputs, Timer, copy_bandwidth, device_env, device_kernels,
-                      free_memory, fused_launches, make_step, peak_extra_bytes, rel_diff, sync)
+from ._timing import (GradOutputs, Timer, bwd_difference, copy_bandwidth, device_env,
+                      device_kernels, free_memory, fused_launches, make_step, peak_extra_bytes,
+                      rel_diff, sync)
 
 CPU_WARNING = ("CPU run: these timings say nothing about GPU speed (host clock, Triton "
                "interpreter or reference fallback); use them only to check that the harness works")
@@ -124,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fusedloss-bench",
         description="Compare eager PyTorch, torch.compile and fusedloss for every registered "
                     "loss: time (median/p20/p80), speedups, floor bytes and GB/s, peak memory, "
-                    "kernels per step. Writes results.json, results.md and speedup.png.",
+                    "kernels per step. Writes results.json, results.md and (with matplotlib) "
+                    "speedup.png.",
         epilog="Lists are comma-separated ('all' allowed). Explicit flags override the "
                "--quick/--standard presets. On CPU, run with TRITON_INTERPRET=1 set before "
                "Python starts to time the fused kernels under the interpreter (else fusedloss "
@@ -140,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="element counts: exponents (16), 2^16, 65536, or 12:28:2")
     p.add_argument("--dtype", type=_choices(list(DTYPES)), default=None, help="fp32,bf16,fp16")
     p.add_argument("--mode", type=_choices(list(MODES)), default=None,
-                   help="fwd, bwd (= fwdbwd - fwd), fwdbwd (grad_output 1), fwdbwd_go "
-                        "(grad_output --grad-output)")
+                   help="fwd, bwd (= fwdbwd - fwd; n/a when not above the timing noise), "
+                        "fwdbwd (grad_output 1), fwdbwd_go (grad_output --grad-output)")
     p.add_argument("--weight", type=_choices(list(WEIGHTS)), default=None,
                    help="none, bool (full-size mask), broadcast ((rows, 1) weight)")
     p.add_argument("--impl", type=_choices(list(IMPLS)), default=None,
@@ -219,13 +222,11 @@ def _compiled(case: Case, dynamic: str):
 
 
 def impl_labels(case: Case, device: torch.device, dynamic: str) -> dict:
-    from .._engine import uses_triton
-    if device.type == "cuda":
-        how = "Triton"
-    elif uses_triton(device):
-        how = "Triton interpreter"
-    else:
-        how = "reference fallback: pure PyTorch, TRITON_INTERPRET unset"
+    how = {"compiled": "Triton" if device.type == "cuda"
+           else "Triton, compiled (FUSEDLOSS_FORCE_COMPILED)",
+           "interpreter": "Triton interpreter",
+           "reference": "reference fallback: pure PyTorch, TRITON_INTERPRET unset",
+           }[runtime.backend(device)]
     return {"eager": case.eager_impl()[1],
             "compile": f"torch.compile({case.eager_label}, dynamic={dynamic})",
             "fused": f"{case.fused_target} ({how})"}
@@ -315,8 +316,8 @@ def build_rows(case: Case, n: int, dtype: str, weight: str, cfg: dict, measures:
                 row["check_ok"] = bool(m["check_loss_rel"] <= tol and m["check_grad_rel"] <= tol)
             if mode == "bwd":
                 f, fb = m["modes"]["fwd"], m["modes"]["fwdbwd"]
-                row.update(median_ms=fb["median_ms"] - f["median_ms"],
-                           p20_ms=fb["p20_ms"] - f["p80_ms"], p80_ms=fb["p80_ms"] - f["p20_ms"])
+                # a difference of two noisy medians: None + note when not above the noise
+                row.update(bwd_difference(f, fb))
                 if fb["kernels"] is not None and f["kernels"] is not None:
                     row["kernels"] = fb["kernels"] - f["kernels"]
                 if impl == "fused" or device.type != "cuda":
@@ -383,12 +384,29 @@ def _new_doc(argv, cfg, env, timer) -> dict:
 
 
 def _write(doc: dict, out_dir: str, png: bool) -> None:
+    """Write results.json and results.md (and, with ``png``, speedup.png first, so that
+    ``doc["outputs"]`` in the JSON says which files this run wrote and why one is missing)."""
+    if png:
+        written, missing = ["results.json", "results.md"], {}
+        path = os.path.join(out_dir, "speedup.png")
+        err = _report.write_png(path, doc["rows"])
+        if err:
+            missing["speedup.png"] = err
+            # never leave a previous run's (or a half-written) plot next to these results
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            doc["notes"].append(f"speedup.png not written: {err}")
+        else:
+            written.append("speedup.png")
+        traces = [p["trace"] for per in (doc.get("profile") or {}).get("losses", {}).values()
+                  for p in per.values() if p.get("trace")]
+        if traces:
+            written.append(f"traces/ ({len(traces)} traces)")
+        doc["outputs"] = {"dir": out_dir, "written": written, "not_written": missing}
     _report.write_json(os.path.join(out_dir, "results.json"), doc)
     _report.write_md(os.path.join(out_dir, "results.md"), doc)
-    if png:
-        err = _report.write_png(os.path.join(out_dir, "speedup.png"), doc["rows"])
-        if err:
-            print(f"speedup.png not written: {err}", file=sys.stderr)
 
 
 def run(argv: list, cfg: dict, device: torch.device, out_dir: str) -> dict:
@@ -403,7 +421,7 @@ def run(argv: list, cfg: dict, device: torch.device, out_dir: str) -> dict:
     if device.type != "cuda":
         notes.append(CPU_WARNING)
         notes.append("on CPU: peak memory and device kernels are n/a; the kernels column counts "
-                     "fusedloss launches (fusedloss._engine.LAUNCH_COUNTS)")
+                     "fusedloss launches (fusedloss.runtime.launch_counts())")
         if not env["fused_kernels"]:
             notes.append("TRITON_INTERPRET is not set: the fused column runs fusedloss's "
                          "pure-PyTorch reference fallback, not the kernels")
@@ -411,7 +429,8 @@ def run(argv: list, cfg: dict, device: torch.device, out_dir: str) -> dict:
             notes.append("compile column skipped on CPU (inductor takes 10-20 s per shape "
                          "here): n/a")
     notes.append("fwd = the forward of a training step (grad enabled; fusedloss writes the "
-                 "gradient there); bwd = fwdbwd - fwd; fwdbwd times torch.autograd.grad")
+                 "gradient there); bwd = fwdbwd - fwd, n/a unless > 0 and > the noise (p80 - p20 "
+                 "of fwd + p80 - p20 of fwdbwd); fwdbwd times torch.autograd.grad")
     cases = []
     for name in cfg["losses"]:
         case = CASE_BY_NAME[name]
@@ -600,10 +619,21 @@ def print_results(doc: dict) -> None:
     for line in doc["notes"]:
         if line == CPU_WARNING:
             print(f"\nNOTE: {line}")
-    print(f"\nwrote results.json, results.md, speedup.png"
-          + (" and traces/" if doc.get("profile") else "")
-          + (f"; stopped early: {doc['stopped_reason']}" if doc["stopped_reason"] else ""),
-          flush=True)
+    print("\n" + written_message(doc), flush=True)
+
+
+def written_message(doc: dict) -> str:
+    """The last line of a run: exactly the files it wrote, and why any is missing."""
+    outputs = doc.get("outputs") or {}
+    written = outputs.get("written") or []
+    msg = f"wrote {', '.join(written) or 'nothing'}"
+    if outputs.get("dir"):
+        msg += f" in {outputs['dir']}"
+    for name, why in (outputs.get("not_written") or {}).items():
+        msg += f"; {name} not written: {why}"
+    if doc.get("stopped_reason"):
+        msg += f"; stopped early: {doc['stopped_reason']}"
+    return msg
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -8,8 +8,9 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from ..runtime import launch_counts
 from ._registry import DTYPES
-from ._timing import GradOutputs, make_step, sync
+from ._timing import GradOutputs, launch_delta, make_step, sync
 
 
 def _device_kernels(prof) -> tuple[list, float]:
@@ -69,15 +70,14 @@ def run_profile(cases: list, impl_fns: Callable, device: torch.device, n: int, d
                 step()
                 step()  # compile / JIT / autotune outside the trace
                 sync(device)
-                from .._engine import LAUNCH_COUNTS
-                before = sum(LAUNCH_COUNTS.values())
+                before = launch_counts()
                 t0 = time.perf_counter()
                 with profile(activities=activities) as prof:
                     with record_function(f"bench::{case.name}.{impl}.step"):
                         step()
                     sync(device)
                 wall_us = (time.perf_counter() - t0) * 1e6
-                launched = sum(LAUNCH_COUNTS.values()) - before
+                launched = sum(launch_delta(before, launch_counts()).values())
                 path = os.path.join(trace_dir, f"{case.name}-{impl}.json.gz")
                 prof.export_chrome_trace(path)
                 entry = {"trace": path, "wall_us": wall_us,

@@ -6,12 +6,16 @@ import math
 import os
 from typing import Optional
 
-SCHEMA = "fusedloss-bench/1"
+#: 2: bwd rows may have null times with a ``note`` (difference within noise); ``outputs``
+SCHEMA = "fusedloss-bench/2"
 
-#: every key a row of results.json carries (None where the table prints n/a)
+#: every key a row of results.json carries (None where the table prints n/a). bwd rows:
+#: ``noise_ms`` is the p20-p80 spread of fwd plus that of fwdbwd; when fwdbwd - fwd is not > 0
+#: and > noise_ms the times (and GB/s, speedups) are None and ``note`` says why.
 ROW_KEYS = (
     "loss", "n", "shape", "dtype", "weight", "mode", "impl", "impl_label",
-    "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager", "speedup_vs_compile",
+    "median_ms", "p20_ms", "p80_ms", "noise_ms", "note",
+    "speedup_vs_eager", "speedup_vs_compile",
     "floor_bytes", "floor_bytes_per_element", "io", "GBps", "pct_copy_bw",
     "peak_extra_bytes", "kernels", "kernel_detail", "fused_launches", "fused_launch_detail",
     "first_call_s", "check_loss_rel", "check_grad_rel", "check_ok", "error",
@@ -19,7 +23,8 @@ ROW_KEYS = (
 
 #: top-level keys of results.json
 DOC_KEYS = ("schema", "created", "complete", "stopped_reason", "argv", "config", "env", "timing",
-            "copy_bandwidth", "notes", "cases", "rows", "skipped", "profile", "elapsed_s")
+            "copy_bandwidth", "notes", "cases", "rows", "skipped", "profile", "elapsed_s",
+            "outputs")
 
 COLUMNS = (
     ("loss", "loss"), ("n", "n"), ("dtype", "dtype"), ("weight", "weight"), ("mode", "mode"),
@@ -27,6 +32,7 @@ COLUMNS = (
     ("x eager", "speedup_vs_eager"), ("x compile", "speedup_vs_compile"),
     ("B/elem", "floor_bytes_per_element"), ("GB/s", "GBps"), ("% copy", "pct_copy_bw"),
     ("peak MiB", "peak_extra_bytes"), ("kernels", "kernels"), ("check", "check_ok"),
+    ("note", "note"),
 )
 
 
@@ -64,6 +70,8 @@ def fmt_cell(key: str, row: dict) -> str:
         return "n/a" if v is None else str(v)
     if key == "check_ok":
         return {True: "ok", False: "DIFF", None: "-"}[v]
+    if key == "note":
+        return "" if v is None else str(v)
     return "n/a" if v is None else str(v)
 
 
@@ -76,7 +84,8 @@ def table_lines(rows: list, markdown: bool = False) -> list:
         return out
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
               for i, h in enumerate(header)]
-    line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
+    # the last column (note) is left-aligned free text, empty on most rows
+    line = "  ".join(h.rjust(w) for h, w in zip(header[:-1], widths)) + "  " + header[-1]
     out = [line, "-" * len(line)]
     prev_group = None
     for r, b in zip(rows, body):
@@ -84,8 +93,8 @@ def table_lines(rows: list, markdown: bool = False) -> list:
         if prev_group is not None and group != prev_group:
             out.append("")
         prev_group = group
-        out.append("  ".join(c.rjust(w) for c, w in zip(b, widths)))
-    return out
+        out.append("  ".join(c.rjust(w) for c, w in zip(b[:-1], widths)) + "  " + b[-1])
+    return [o.rstrip() for o in out]
 
 
 def summary_lines(rows: list) -> list:
@@ -94,8 +103,12 @@ def summary_lines(rows: list) -> list:
     for r in rows:
         if r["impl"] != "fused" or r.get("error"):
             continue
-        out.append(f"{r['loss']:>14} {fmt_n(r['n']):>5} {r['dtype']:>4} {r['weight']:>9} "
-                   f"{r['mode']:>9}: fused {_g(r['median_ms'])} ms, "
+        head = (f"{r['loss']:>14} {fmt_n(r['n']):>5} {r['dtype']:>4} {r['weight']:>9} "
+                f"{r['mode']:>9}: ")
+        if r["median_ms"] is None and r.get("note"):
+            out.append(head + f"fused n/a ({r['note']})")
+            continue
+        out.append(head + f"fused {_g(r['median_ms'])} ms, "
                    f"{fmt_cell('speedup_vs_eager', r)} eager, "
                    f"{fmt_cell('speedup_vs_compile', r)} compile, "
                    f"{fmt_cell('GBps', r)} GB/s ({fmt_cell('pct_copy_bw', r)} of copy)"
@@ -107,7 +120,8 @@ def header_lines(doc: dict) -> list:
     env = doc["env"]
     bw = doc.get("copy_bandwidth")
     lines = [
-        f"device: {env['device']} ({env['device_name']}), torch {env['torch']}, "
+        f"device: {env['device']} ({env['device_name']}), fused backend "
+        f"{env.get('backend', 'n/a')}, torch {env['torch']}, "
         f"triton {env['triton']}, fusedloss {env['fusedloss']}",
         f"timing: {doc['timing']['method']} (median, p20, p80 in ms; warm-up excluded; "
         f"warmup={doc['timing']['warmup_ms']} ms, rep={doc['timing']['rep_ms']} ms)",
@@ -136,6 +150,9 @@ def write_md(path: str, doc: dict) -> None:
                      f"{c['compile']}; fused = {c['fused']}")
     lines += ["", "Floor bytes (`B/elem`): each input read once, the input gradient written once "
               "(bwd = fwdbwd - fwd = write dx). GB/s = floor bytes / median time. "
+              "bwd rows are fwdbwd - fwd of the medians, reported only when > 0 and larger than "
+              "the noise (p80 - p20 of fwd + p80 - p20 of fwdbwd); otherwise n/a, with the "
+              "reason in `note`. "
               "`peak MiB` = torch.cuda.max_memory_allocated delta over one step, the returned "
               "gradient included. `kernels` = device kernels per step (torch.profiler) on CUDA; "
               "on CPU, fusedloss launches (its own counter) and n/a for eager/compile.", ""]
@@ -190,8 +207,20 @@ def write_png(path: str, rows: list) -> Optional[str]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed"
     except Exception as e:  # noqa: BLE001
-        return f"matplotlib unavailable: {e}"
+        return f"matplotlib unavailable: {type(e).__name__}: {e}"
+    try:
+        _plot(plt, path, rows)
+    except Exception as e:  # noqa: BLE001
+        plt.close("all")
+        return f"plotting failed: {type(e).__name__}: {e}"
+    return None
+
+
+def _plot(plt, path: str, rows: list) -> None:
+    # rows without a time (errors, bwd within noise) have no speedup: no point
     good = [r for r in rows if r.get("speedup_vs_eager") is not None and r["impl"] != "eager"]
     losses = list(dict.fromkeys(r["loss"] for r in good))
     combos = list(dict.fromkeys((r["dtype"], r["weight"]) for r in good))
@@ -225,4 +254,3 @@ def write_png(path: str, rows: list) -> Optional[str]:
         fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    return None

@@ -25,7 +25,7 @@ def device_env(device: torch.device) -> dict:
     import triton
 
     from .. import __version__ as fl_version
-    from .._engine import INTERPRETED, uses_triton
+    from ..runtime import INTERPRETED, backend, uses_triton
     env = {
         "device": device.type,
         "python": platform.python_version(),
@@ -34,6 +34,8 @@ def device_env(device: torch.device) -> dict:
         "fusedloss": fl_version,
         "triton_interpret": bool(INTERPRETED),
         "fused_kernels": bool(uses_triton(device)),
+        # "compiled" | "interpreter" | "reference": how the fused column runs on this device
+        "backend": backend(device),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -137,6 +139,38 @@ def _quantile(sorted_vals: list, q: float) -> float:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
 
 
+def fmt_ms(ms: float) -> str:
+    """A duration for a sentence: "30.1 ms", "2.1 us" (3 significant digits)."""
+    if abs(ms) >= 1.0:
+        return f"{ms:.3g} ms"
+    return f"{ms * 1e3:.3g} us"
+
+
+def bwd_difference(fwd: dict, fwdbwd: dict) -> dict:
+    """The bwd row, ``fwdbwd - fwd``, from two timer records (``median_ms``, ``p20_ms``,
+    ``p80_ms``), or n/a when the difference is not meaningful.
+
+    noise = (p80 - p20 of fwd) + (p80 - p20 of fwdbwd): the spread of the two measurements
+    added, which is also the width of the bwd range [p20(fwdbwd) - p80(fwd),
+    p80(fwdbwd) - p20(fwd)]. The difference of the medians is reported only when it is > 0
+    and > noise; otherwise median/p20/p80 are None and ``note`` says why. Returns
+    ``{"median_ms", "p20_ms", "p80_ms", "noise_ms", "note"}``.
+    """
+    diff = fwdbwd["median_ms"] - fwd["median_ms"]
+    noise = (fwd["p80_ms"] - fwd["p20_ms"]) + (fwdbwd["p80_ms"] - fwdbwd["p20_ms"])
+    out = {"median_ms": None, "p20_ms": None, "p80_ms": None, "noise_ms": noise, "note": None}
+    if not diff > 0:
+        out["note"] = (f"fwdbwd - fwd = {fmt_ms(diff)} <= 0: "
+                       + (f"within noise {fmt_ms(noise)}" if -diff <= noise else
+                          f"beyond noise {fmt_ms(noise)}, fwd and fwdbwd timings disagree"))
+    elif not diff > noise:
+        out["note"] = f"fwdbwd - fwd = {fmt_ms(diff)} <= noise {fmt_ms(noise)}"
+    else:
+        out.update(median_ms=diff, p20_ms=fwdbwd["p20_ms"] - fwd["p80_ms"],
+                   p80_ms=fwdbwd["p80_ms"] - fwd["p20_ms"])
+    return out
+
+
 class Timer:
     """Median / p20 / p80 in milliseconds.
 
@@ -218,12 +252,19 @@ def peak_extra_bytes(step: Callable, device: torch.device) -> Optional[int]:
     return int(peak)
 
 
+def launch_delta(before: dict, after: dict) -> dict:
+    """The non-zero per-name differences of two ``fusedloss.runtime.launch_counts()`` snapshots."""
+    delta = {k: v - before.get(k, 0) for k, v in after.items()}
+    return {k: v for k, v in delta.items() if v}
+
+
 def fused_launches(step: Callable) -> tuple[int, dict]:
-    """fusedloss's own launch counter (LAUNCH_COUNTS) as a delta around one step."""
-    from .._engine import LAUNCH_COUNTS
-    before = dict(LAUNCH_COUNTS)
+    """fusedloss's own launch counter (``fusedloss.runtime.launch_counts()``) as a delta around
+    one step."""
+    from ..runtime import launch_counts
+    before = launch_counts()
     step()
-    delta = {k: v - before.get(k, 0) for k, v in LAUNCH_COUNTS.items() if v - before.get(k, 0)}
+    delta = launch_delta(before, launch_counts())
     return sum(delta.values()), delta
 
 
