@@ -17,6 +17,8 @@ through ``JITFunction`` (there is nothing compiled to call).
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import itertools
 import math
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from .kernels import engine as K
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 _JIT_RUN = JITFunction.run  # Triton's own; a tool may wrap it (see KernelLauncher)
+_KNOBS = triton.knobs.runtime  # launch hooks (profilers such as proton install them here)
 _INT32_LIMIT = 2 ** 31
 
 
@@ -69,13 +72,12 @@ class KernelLauncher:
         if entry is None or JITFunction.run is not _JIT_RUN:
             self._first_launch(grid, key, ptrs, scalars, constexprs, warps)
             return
-        run, function, packed, cvalues, get_stream, get_device = entry
+        run, fast, function, packed, cvalues, get_stream, get_device = entry
         stream = get_stream(get_device())
         # integer addresses: the launcher then skips a data_ptr() call and a driver query
         # (cuPointerGetAttribute) per pointer; devices were checked before any kernel
         addresses = [p if p is None else p.data_ptr() for p in ptrs]
-        knobs = triton.knobs.runtime
-        enter, leave = knobs.launch_enter_hook, knobs.launch_exit_hook
+        enter, leave = _KNOBS.launch_enter_hook, _KNOBS.launch_exit_hook
         if ((enter is not None and getattr(enter, "calls", True))
                 or (leave is not None and getattr(leave, "calls", True))):
             # a profiler hook (e.g. proton) gets the metadata JITFunction.run would give it
@@ -83,6 +85,8 @@ class KernelLauncher:
                                                      *cvalues)
             run(grid, 1, 1, stream, function, packed, meta, enter, leave, *addresses, *scalars,
                 *cvalues)
+        elif fast is not None:
+            fast(grid, stream, function, packed, (*addresses, *scalars, *cvalues))
         else:  # Triton builds that metadata for empty hook chains too (~4 us); skip it
             run(grid, 1, 1, stream, function, packed, None, None, None, *addresses, *scalars,
                 *cvalues)
@@ -100,15 +104,62 @@ class KernelLauncher:
         if isinstance(kernel, CompiledKernel):  # None or a stand-in when run is wrapped
             self._kernel[key] = kernel
             driver = triton.runtime.driver.active
-            self._compiled[key] = (kernel.run, kernel.function, kernel.packed_metadata,
-                                   tuple(constexprs.values()), driver.get_current_stream,
-                                   driver.get_current_device)
+            self._compiled[key] = (kernel.run, fast_launch(kernel.run), kernel.function,
+                                   kernel.packed_metadata, tuple(constexprs.values()),
+                                   driver.get_current_stream, driver.get_current_device)
 
 
 FWD = KernelLauncher(K.fused_loss_fwd_kernel, "fused_loss_fwd_kernel")
 FWD_STRIDED = KernelLauncher(K.fused_loss_fwd_strided_kernel, "fused_loss_fwd_strided_kernel")
 FINALIZE = KernelLauncher(K.finalize_kernel, "finalize_kernel")
 RESCALE = KernelLauncher(K.rescale_kernel, "rescale_kernel")
+
+
+# Triton's CudaLauncher.__call__ (a Python wrapper around its C launch function) costs ~1 us a
+# launch: two closures, scratch-allocator lookups. For the two wrapper sources we know, exactly
+# (sha256 of the method's source), and a kernel that needs no scratch memory, the wrapper only
+# forwards to the C function; we call that directly. Any other launcher (another Triton version,
+# another backend) goes through the wrapper. tests/test_launch.py checks, for the installed
+# Triton, that both ways pass the C function the same arguments.
+_KNOWN_WRAPPERS = {
+    "7858736667eaebc162739e5004f19c43cdd1ffea8e30b86811abc6183a338e7e": "3.9",
+    "9412a64d532d5b5ce67ef236d2f377fe728f58c346b5ef399c4836793b79f436": "3.6",
+}
+_WRAPPER_LAYOUT: dict = {}  # launcher class -> layout name or None
+
+
+def _wrapper_layout(cls) -> Optional[str]:
+    layout = _WRAPPER_LAYOUT.get(cls, 0)
+    if layout == 0:
+        try:
+            source = inspect.getsource(cls.__call__)
+        except (OSError, TypeError):
+            source = ""
+        layout = _WRAPPER_LAYOUT[cls] = _KNOWN_WRAPPERS.get(
+            hashlib.sha256(source.encode()).hexdigest())
+    return layout
+
+
+def fast_launch(run):
+    """``f(grid, stream, function, packed_metadata, args)`` calling the C launch function behind
+    ``run`` (a Triton launcher) as its wrapper would with no hooks, or None when that cannot
+    be known (see ``_KNOWN_WRAPPERS``)."""
+    layout = _wrapper_layout(type(run))
+    if (layout is None or getattr(run, "global_scratch_size", 1)
+            or getattr(run, "profile_scratch_size", 1) or getattr(run, "gsan_enabled", False)):
+        return None
+    launch, coop, pdl = run.launch, run.launch_cooperative_grid, run.launch_pdl
+    if layout == "3.9":
+        annotations, signature = run.arg_annotations, run.kernel_signature
+
+        def call(grid, stream, function, packed, args):
+            launch(grid, 1, 1, stream, function, coop, pdl, packed, None, None, None, None, None,
+                   annotations, signature, args)
+    else:
+        def call(grid, stream, function, packed, args):
+            launch(grid, 1, 1, stream, function, coop, pdl, None, None, packed, None, None, None,
+                   *args)
+    return call
 
 
 def _aligned(*tensors):

@@ -165,6 +165,15 @@ def check_call(input, target, weight, reduction: str, avg_factor, loss_weight, *
     (class_index_target, weight, avg_factor_value, avg_factor_tensor, loss_weight_value,
     loss_weight_tensor).
     """
+    if (weight is None and avg_factor is None and type(loss_weight) is float
+            and reduction in REDUCTIONS and type(input) is torch.Tensor
+            and type(target) is torch.Tensor and input.dtype.is_floating_point
+            and target.dtype.is_floating_point and target.shape == input.shape
+            and ((input.is_cpu and target.is_cpu) or (input.is_cuda and target.is_cuda and
+                                                      input.get_device() == target.get_device()))
+            and math.isfinite(loss_weight)):
+        # the common call, every check below passes: the same answer with less host time
+        return False, None, None, None, loss_weight, None
     check_tensor("input", input)
     check_floating("input", input)
     class_index = check_target(input, target, allow_class_index=allow_class_index)

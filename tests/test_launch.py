@@ -188,3 +188,34 @@ def test_integer_exponent_variant_equals_the_generic_path():
     assert spec.variant((0.25, 2.0), True) == 2
     assert rel_err(results[0][0], results[1][0]) <= 1e-6
     assert rel_err(results[0][1], results[1][1]) <= 1e-6
+
+
+# ----------------------------------------------------------------- the fast launch call
+
+def test_fast_launch_passes_the_c_launcher_what_tritons_wrapper_passes():
+    """For the installed Triton, calling the C launch function directly (``fast_launch``) hands
+    it exactly the arguments Triton's own ``CudaLauncher.__call__`` would (no hooks, no scratch
+    memory): checked on a launcher object built without a driver, its C function replaced by a
+    recorder."""
+    from triton.backends.nvidia.driver import CudaLauncher
+    if _launch._wrapper_layout(CudaLauncher) is None:
+        pytest.skip(f"triton {triton.__version__}: unknown launcher wrapper, fast path unused")
+    calls = []
+    run = object.__new__(CudaLauncher)
+    run.__dict__.update(
+        launch=lambda *args: calls.append(args), num_ctas=1, global_scratch_size=0,
+        global_scratch_align=1, profile_scratch_size=0, profile_scratch_align=1,
+        launch_cooperative_grid=False, launch_pdl=True, arg_annotations=object(),
+        kernel_signature=object(), gsan_enabled=False)
+    args = (1234, None, 5678, 4096, 1, 0.5, 1.0, 0.0, 0.0, 0.0, "constexpr", 7)
+    config = triton.runtime.driver
+    saved = config._active
+    config.set_active(object())  # 3.9's wrapper reads the active driver (none on this machine)
+    try:
+        run(37, 1, 1, 99, "function", "packed", None, None, None, *args)
+    finally:
+        config._active = saved
+    _launch.fast_launch(run)(37, 99, "function", "packed", args)
+    assert len(calls) == 2 and calls[0] == calls[1], calls
+    run.global_scratch_size = 64  # a kernel that needs scratch memory keeps the wrapper
+    assert _launch.fast_launch(run) is None
