@@ -6,6 +6,7 @@ from .regression import (HuberLoss, L1Loss, MSELoss, SmoothL1Loss, huber_loss, l
 from .shrinkage import ShrinkageLoss, shrinkage_loss
 from .focal import (FocalLoss, QualityFocalLoss, VarifocalLoss, quality_focal_loss,
                     sigmoid_focal_loss, varifocal_loss)
+from .heatmap import HeatmapLoss, heatmap_loss, render_heatmaps
 
 __version__ = "0.1.0"
 
@@ -16,4 +17,5 @@ __all__ = [
     "shrinkage_loss", "ShrinkageLoss",
     "sigmoid_focal_loss", "quality_focal_loss", "varifocal_loss",
     "FocalLoss", "QualityFocalLoss", "VarifocalLoss",
+    "heatmap_loss", "render_heatmaps", "HeatmapLoss",
 ]

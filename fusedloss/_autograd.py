@@ -84,10 +84,10 @@ class FusedLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, input, target):
         spec, variant, weight, params, reduction, af_value, af_tensor, lw_value, lw_tensor, \
-            class_index, need_gx, need_gt = call
+            class_index, need_gx, need_gt, render_call = call
         loss, gx, gt, plan = launch_forward(spec, variant, input, target, weight, params,
                                             reduction, af_value, af_tensor, lw_value, lw_tensor,
-                                            class_index, need_gx, need_gt)
+                                            class_index, need_gx, need_gt, render_call)
         if plan.input_grad_only:
             ctx.save_for_backward(gx)
         else:

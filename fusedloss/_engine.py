@@ -34,7 +34,7 @@ import torch
 
 from . import _validate
 from ._autograd import DOUBLE_BACKWARD_MESSAGE, FusedLossFunction
-from ._launch import launch_forward
+from ._launch import Render, launch_forward, register_renderer
 from ._registry import REGISTRY, LossSpec, register_loss
 from ._runtime import INTERPRETED, LAUNCH_COUNTS, engine_config, uses_triton
 
@@ -44,7 +44,7 @@ from ._runtime import INTERPRETED, LAUNCH_COUNTS, engine_config, uses_triton
 _apply = super(torch.autograd.Function, FusedLossFunction).apply
 _functorch_active = torch._C._are_functorch_transforms_active
 
-__all__ = ["apply_loss", "FusedLossModule", "REGISTRY", "LossSpec", "register_loss",
+__all__ = ["apply_loss", "apply_rendered", "Render", "register_renderer", "FusedLossModule", "REGISTRY", "LossSpec", "register_loss",
            "engine_config", "uses_triton", "INTERPRETED", "LAUNCH_COUNTS",
            "DOUBLE_BACKWARD_MESSAGE"]
 
@@ -69,7 +69,7 @@ def apply_loss(spec: LossSpec, input, target, params: tuple, reduction: str, wei
     variant = spec.variant(params, class_index)
     if need_gx or need_gt:
         call = (spec, variant, weight, params, reduction, af_value, af_tensor, lw_value,
-                lw_tensor, class_index, need_gx, need_gt)
+                lw_tensor, class_index, need_gx, need_gt, None)
         if _functorch_active():
             return FusedLossFunction.apply(call, input, target)
         return _apply(call, input, target)
@@ -78,6 +78,44 @@ def apply_loss(spec: LossSpec, input, target, params: tuple, reduction: str, wei
 
 
 LossSpec.__call__ = apply_loss  # spec(...) is apply_loss(spec, ...): no forwarding frame
+
+
+def apply_rendered(spec: LossSpec, input, data, render_call, params: tuple, reduction: str,
+                   weight, avg_factor, loss_weight, reference: Callable):
+    """A loss whose target is rendered in the kernel from ``data`` (per-channel, e.g.
+    keypoints; it gets no gradient): ``render_call`` = (Render, (r0..r3), aux tensor or None).
+    The caller validated input, data and aux; ``reference()`` computes the loss in pure
+    PyTorch where Triton cannot run."""
+    weight = _validate.check_weight(weight, input)
+    if reduction not in _validate.REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_validate.REDUCTIONS}, got {reduction!r}")
+    af_value = af_tensor = None
+    if avg_factor is not None:
+        if reduction != "mean":
+            raise ValueError(f"avg_factor is only used with reduction='mean', got "
+                             f"reduction={reduction!r}")
+        af_value, af_tensor = _validate.check_scalar_arg("avg_factor", avg_factor, input,
+                                                         positive=True)
+    lw_value, lw_tensor = _validate.check_scalar_arg("loss_weight", loss_weight, input,
+                                                     positive=False)
+    if not uses_triton(input.device):
+        return reference()
+    need_gx = torch.is_grad_enabled() and input.requires_grad
+    render, floats, aux = render_call
+    if torch.compiler.is_compiling():
+        loss, _, _ = spec.op(input, data, weight, af_tensor, lw_tensor, [float(p) for p in params],
+                             reduction, af_value, lw_value, need_gx, False, aux,
+                             [float(f) for f in floats], list(render))
+        return loss
+    variant = spec.variant(params, False)
+    if need_gx:
+        call = (spec, variant, weight, params, reduction, af_value, af_tensor, lw_value,
+                lw_tensor, False, True, False, render_call)
+        if _functorch_active():
+            return FusedLossFunction.apply(call, input, data)
+        return _apply(call, input, data)
+    return launch_forward(spec, variant, input, data, weight, params, reduction, af_value,
+                          af_tensor, lw_value, lw_tensor, False, False, False, render_call)[0]
 
 
 class FusedLossModule(torch.nn.Module):

@@ -22,7 +22,7 @@ import inspect
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import triton
@@ -31,7 +31,7 @@ from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
 from . import _runtime as rt
-from ._plan import MAX_DIMS, collapse
+from ._plan import MAX_DIMS, collapse, udiv_magic
 from .kernels import engine as K
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
@@ -111,6 +111,7 @@ class KernelLauncher:
 
 FWD = KernelLauncher(K.fused_loss_fwd_kernel, "fused_loss_fwd_kernel")
 FWD_STRIDED = KernelLauncher(K.fused_loss_fwd_strided_kernel, "fused_loss_fwd_strided_kernel")
+FWD_RENDERED = KernelLauncher(K.fused_loss_fwd_rendered_kernel, "fused_loss_fwd_rendered_kernel")
 FINALIZE = KernelLauncher(K.finalize_kernel, "finalize_kernel")
 RESCALE = KernelLauncher(K.rescale_kernel, "rescale_kernel")
 
@@ -188,13 +189,44 @@ class Meta:
     target_reduce_dims: tuple  # dims of input.shape the target broadcasts over
 
 
-def output_meta(input, target, weight, reduction, class_index) -> Meta:
+class Render(NamedTuple):
+    """A target rendered in the kernel (``fused_loss_fwd_rendered_kernel``) instead of read.
+
+    renderer: the id ``register_renderer`` gave the loss's ``@triton.jit`` renderer ``(c, p,
+    t_ptr, aux_ptr, r0..r3, k0, k1, RK, RA, HAS_AUX, ACC) -> target``; kind/count: its RK/RA
+    constexprs; channel_dims: how many leading dimensions of input.shape make the channel
+    index c (the rest is the position p); k0, k1: its integer parameters. The target tensor
+    passed with it holds the per-channel data (e.g. keypoints), an optional ``aux`` tensor more
+    (e.g. visibility); the floats r0..r3 come per call. Plain integers, so torch.compile traces
+    it and the custom op passes it as ``list(render)``.
+    """
+    renderer: int
+    kind: int
+    count: int
+    channel_dims: int
+    k0: int
+    k1: int
+
+
+#: renderers by id (see Render)
+RENDERERS: list = []
+
+
+def register_renderer(fn) -> int:
+    """The id of ``fn`` (a ``@triton.jit`` renderer) for ``Render.renderer``."""
+    if fn not in RENDERERS:
+        RENDERERS.append(fn)
+    return RENDERERS.index(fn)
+
+
+def output_meta(input, target, weight, reduction, class_index, rendered: bool = False) -> Meta:
     shape = tuple(input.shape)
-    if class_index:
+    if class_index or rendered:
         result = input.dtype
     else:
         result = torch.result_type(input, target)
-    wide = torch.float64 in (input.dtype, target.dtype, weight.dtype if weight is not None else None)
+    wide = torch.float64 in (input.dtype, None if rendered else target.dtype,
+                             weight.dtype if weight is not None else None)
     acc = torch.float64 if wide else torch.float32
     if reduction == "none":
         loss_shape, loss_dtype = shape, result
@@ -202,7 +234,7 @@ def output_meta(input, target, weight, reduction, class_index) -> Meta:
         loss_shape = ()
         loss_dtype = torch.float64 if result == torch.float64 else torch.float32
     reduce_dims: tuple = ()
-    if not class_index and tuple(target.shape) != shape:
+    if not (class_index or rendered) and tuple(target.shape) != shape:
         lead = len(shape) - target.dim()
         reduce_dims = tuple(d for d in range(len(shape))
                             if d < lead or (target.shape[d - lead] == 1 and shape[d] != 1))
@@ -240,6 +272,7 @@ class ForwardPlan:
     dtypes: tuple  # (input.dtype, target.dtype)
     reduction: str
     input_grad_only: bool  # scalar reduction, gradient for input only, kept in input's dtype
+    rendered: bool  # the target is rendered in the kernel (scalars then carry r0..r3)
 
 
 _PLANS: dict = {}
@@ -248,25 +281,59 @@ _IDENTS = itertools.count()
 
 
 def forward_plan(spec, variant: int, input, target, weight, reduction: str, af_kind: int,
-                 af_tensor, lw_tensor, class_index: bool, need_gx: bool, need_gt: bool):
+                 af_tensor, lw_tensor, class_index: bool, need_gx: bool, need_gt: bool,
+                 render: Optional[Render] = None, aux: Optional[torch.Tensor] = None):
     """The cached plan of a forward launch (``plan.ident`` keys its compiled kernels)."""
     key = (spec.name, variant, reduction, af_kind, need_gx, need_gt, class_index,
            input.shape, input.stride(), input.dtype, input.get_device(),
            target.shape, target.stride(), target.dtype,
            None if weight is None else (weight.shape, weight.stride(), weight.dtype),
            None if af_tensor is None else af_tensor.dtype,
-           None if lw_tensor is None else lw_tensor.dtype, rt.CONFIG_KEY)
+           None if lw_tensor is None else lw_tensor.dtype, rt.CONFIG_KEY,
+           render, None if aux is None else aux.dtype)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:  # many distinct shapes: start over (plans are cheap)
             _PLANS.clear()
             _RESCALE_PLANS.clear()
-            for launcher in (FWD, FWD_STRIDED, FINALIZE, RESCALE):
+            for launcher in (FWD, FWD_STRIDED, FWD_RENDERED, FINALIZE, RESCALE):
                 launcher.forget()
         plan = _PLANS[key] = _build_plan(spec, variant, input, target, weight, reduction, af_kind,
                                          af_tensor, lw_tensor, class_index, need_gx, need_gt,
-                                         next(_IDENTS))
+                                         next(_IDENTS), render, aux)
     return plan
+
+
+def _rendered_plan(input, weight, render: Render, aux, n, denom_mult, block, span, even,
+                   constexprs):
+    """Launcher, integer arguments and constexprs of the rendered driver: input and weight
+    addressed as in the strided driver, the target computed by ``render.fn``."""
+    shape = tuple(input.shape)
+    operands = [input] + ([weight.expand(shape)] if weight is not None else [])
+    plan = collapse(shape, [op.stride() for op in operands])
+    if plan.ndim > MAX_DIMS:
+        raise ValueError(f"input of shape {shape} with strides {input.stride()} (and weight) "
+                         f"need more than {MAX_DIMS} dimensions; pass input.contiguous()")
+    zx, zw = plan.zero_masks(2)
+    contig = plan.contiguous + ((True,) if weight is None else ())
+    chan_size = math.prod(shape[render.channel_dims:])
+    channels = math.prod(shape[:render.channel_dims])
+    largest = max([span] + [plan.max_offset(k) + 1 for k in range(len(operands))])
+    ints = (n, denom_mult, render.k0, render.k1, chan_size, udiv_magic(max(chan_size, 2)),
+            max(channels, 1), *plan.kernel_args(2))
+    c = constexprs
+    return FWD_RENDERED, ints, dict(
+        MATH=c["MATH"], VARIANT=c["VARIANT"], HAS_W=c["HAS_W"], REDUCE=c["REDUCE"],
+        DENOM=c["DENOM"], ZERO_SAFE=c["ZERO_SAFE"], HAS_LW_PTR=c["HAS_LW_PTR"],
+        NEED_GX=c["NEED_GX"], FINALIZE=c["FINALIZE"], ACC=c["ACC"], BLOCK=block,
+        RBLOCK=K.REDUCE_BLOCK, IDX64=largest >= _INT32_LIMIT, EVEN=even, NDIM=plan.ndim,
+        X_CONTIG=contig[0], W_CONTIG=contig[1], ZX=zx, ZW=zw,
+        RENDER=RENDERERS[render.renderer], RK=render.kind,
+        RA=render.count, HAS_AUX=aux is not None,
+        CHAN_UNIFORM=chan_size > 0 and chan_size % block == 0,
+        W_CHANNEL=weight is not None and all(
+            size == 1 or stride == 0 for size, stride in
+            zip(shape[render.channel_dims:], operands[-1].stride()[render.channel_dims:])))
 
 
 AF_NONE, AF_VALUE, AF_TENSOR = 0, 1, 2
@@ -274,11 +341,18 @@ _PAD = [(0.0,) * (4 - k) for k in range(5)]  # hyper-parameters padded to p0..p3
 
 
 def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor, lw_tensor,
-                class_index, need_gx, need_gt, ident: int) -> ForwardPlan:
-    meta = output_meta(input, target, weight, reduction, class_index)
+                class_index, need_gx, need_gt, ident: int, render, aux) -> ForwardPlan:
+    meta = output_meta(input, target, weight, reduction, class_index, render is not None)
     shape = tuple(input.shape)
     n = input.numel()
     block = rt.pick_block(n)
+    if render is not None and rt._CONFIG["block"] is None and not rt.INTERPRETED:
+        # a block that divides the channel (e.g. 1024 for 64 x 48 heatmaps): each block then
+        # lies in one channel, whose data (and weight) are per-program scalars
+        chan_size = math.prod(shape[render.channel_dims:])
+        divisor = chan_size & -chan_size
+        if divisor >= 1024 and n > 1024:
+            block = min(divisor, block)
     grid = max(1, triton.cdiv(n, block))
 
     weight_sum, zero_safe, denom_mult = False, False, 1
@@ -309,7 +383,10 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
                   and tuple(target.shape) == shape
                   and (weight is None or (weight.is_contiguous() and tuple(weight.shape) == shape)))
     copy_operands = False
-    if contiguous:  # the common case: no index arithmetic at all
+    if render is not None:
+        launcher, ints, constexprs = _rendered_plan(input, weight, render, aux, n, denom_mult,
+                                                    block, span, even, constexprs)
+    elif contiguous:  # the common case: no index arithmetic at all
         launcher, ints = FWD, (n, denom_mult)
         constexprs.update(IDX64=span >= _INT32_LIMIT, EVEN=even)
     else:
@@ -341,7 +418,7 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
                        finalize == K.FINALIZE_TICKET, bool(rt._CONFIG["poison"]),
                        (ident, 0), (ident, 1), ident, (input.dtype, target.dtype), reduction,
                        reduction != "none" and need_gx and not need_gt
-                       and meta.gx_dtype == input.dtype)
+                       and meta.gx_dtype == input.dtype, render is not None)
 
 
 _TICKETS: dict = {}
@@ -355,11 +432,15 @@ def _ticket_counter(device: torch.device) -> torch.Tensor:
 
 
 def launch_forward(spec, variant, input, target, weight, params, reduction, af_value, af_tensor,
-                   lw_value, lw_tensor, class_index, need_gx, need_gt):
-    """Run the fused forward. Returns (loss, G_input or None, G_target or None, plan)."""
+                   lw_value, lw_tensor, class_index, need_gx, need_gt, render_call=None):
+    """Run the fused forward. Returns (loss, G_input or None, G_target or None, plan).
+
+    ``render_call``: (Render, (r0, r1, r2, r3), aux tensor or None) when the target is rendered
+    in the kernel from ``target`` (its per-channel data) instead of read."""
     af_kind = AF_TENSOR if af_tensor is not None else AF_VALUE if af_value is not None else AF_NONE
+    render, floats, aux = render_call if render_call is not None else (None, (), None)
     plan = forward_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor,
-                        lw_tensor, class_index, need_gx, need_gt)
+                        lw_tensor, class_index, need_gx, need_gt, render, aux)
     meta = plan.meta
     x, t, w = input, target, weight
     if plan.copy_operands:
@@ -393,11 +474,15 @@ def launch_forward(spec, variant, input, target, weight, params, reduction, af_v
             denom_ptr = af_tensor
     p = params + _PAD[len(params)]
 
-    kkey = (plan.ident, _aligned(x, t, w, af_tensor, lw_tensor))
-    plan.launcher(plan.grid, kkey, [x, t, w, out, gx, gt_full, partials, counter, denom_ptr,
-                                    lw_tensor],
-                  [plan.ints[0], plan.ints[1], lw_f, *p, *plan.ints[2:]],
-                  plan.constexprs, plan.warps)
+    ptrs = [x, t, w, out, gx, gt_full, partials, counter, denom_ptr, lw_tensor]
+    if plan.rendered:
+        kkey = (plan.ident, _aligned(x, t, w, af_tensor, lw_tensor, aux))
+        ptrs.append(aux)
+        scalars = [plan.ints[0], plan.ints[1], lw_f, *p, *floats, *plan.ints[2:]]
+    else:
+        kkey = (plan.ident, _aligned(x, t, w, af_tensor, lw_tensor))
+        scalars = [plan.ints[0], plan.ints[1], lw_f, *p, *plan.ints[2:]]
+    plan.launcher(plan.grid, kkey, ptrs, scalars, plan.constexprs, plan.warps)
     if plan.finalize:
         FINALIZE(1, kkey, [partials, out, denom_ptr, lw_tensor],
                  [plan.grid, plan.ints[0], plan.ints[1], lw_f], plan.finalize_constexprs, 4)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ._autograd import check_first_order, out_of_place_grads
-from ._launch import launch_forward, output_meta
+from ._launch import Render, launch_forward, output_meta
 
 
 def make_custom_op(spec):
@@ -24,13 +24,18 @@ def make_custom_op(spec):
              avg_factor: Optional[torch.Tensor], loss_weight: Optional[torch.Tensor],
              params: list[float], reduction: str, avg_factor_value: Optional[float],
              loss_weight_value: Optional[float], need_input_grad: bool,
-             need_target_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        class_index = not target.dtype.is_floating_point
+             need_target_grad: bool, aux: Optional[torch.Tensor] = None,
+             render_floats: Optional[list[float]] = None,
+             render: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rendered = render is not None
+        class_index = not rendered and not target.dtype.is_floating_point
         params = tuple(params)
+        render_call = (Render(*render), tuple(render_floats), aux) if rendered else None
         loss, gx, gt, _plan = launch_forward(spec, spec.variant_of(params, class_index), input,
-                                         target, weight, params, reduction, avg_factor_value,
-                                         avg_factor, loss_weight_value, loss_weight, class_index,
-                                         need_input_grad, need_target_grad)
+                                             target, weight, params, reduction, avg_factor_value,
+                                             avg_factor, loss_weight_value, loss_weight,
+                                             class_index, need_input_grad, need_target_grad,
+                                             render_call)
         empty = input.new_empty(0)
         return loss, gx if gx is not None else empty, gt if gt is not None else empty
 
@@ -38,8 +43,11 @@ def make_custom_op(spec):
 
     @op.register_fake
     def _fake(input, target, weight, avg_factor, loss_weight, params, reduction,
-              avg_factor_value, loss_weight_value, need_input_grad, need_target_grad):
-        meta = output_meta(input, target, weight, reduction, not target.dtype.is_floating_point)
+              avg_factor_value, loss_weight_value, need_input_grad, need_target_grad, aux=None,
+              render_floats=None, render=None):
+        rendered = render is not None
+        meta = output_meta(input, target, weight, reduction,
+                           not rendered and not target.dtype.is_floating_point, rendered)
         loss = input.new_empty(meta.loss_shape, dtype=meta.loss_dtype)
         gx = input.new_empty(tuple(input.shape) if need_input_grad else (0,), dtype=meta.gx_dtype
                              if need_input_grad else input.dtype)
@@ -50,11 +58,12 @@ def make_custom_op(spec):
         return loss, gx, gt
 
     def setup_context(ctx, inputs, output):
-        input, target, weight, _, _, _, reduction, _, _, need_gx, need_gt = inputs
+        input, target, weight, _, _, _, reduction, _, _, need_gx, need_gt = inputs[:11]
+        rendered = len(inputs) > 13 and inputs[13] is not None
         _, gx, gt = output
         ctx.save_for_backward(gx if need_gx else None, gt if need_gt else None)
         ctx.meta = output_meta(input, target, weight, reduction,
-                               not target.dtype.is_floating_point)
+                               not rendered and not target.dtype.is_floating_point, rendered)
         ctx.dtypes = (input.dtype, target.dtype)
         ctx.mark_non_differentiable(gx, gt)
 
@@ -62,7 +71,7 @@ def make_custom_op(spec):
         check_first_order()
         gx, gt = ctx.saved_tensors
         grad_x, grad_t = out_of_place_grads(go, gx, gt, *ctx.dtypes, ctx.meta)
-        return (grad_x, grad_t) + (None,) * 9
+        return (grad_x, grad_t) + (None,) * 12
 
     op.register_autograd(backward, setup_context=setup_context)
     return op

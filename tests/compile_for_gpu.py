@@ -45,7 +45,8 @@ LAUNCHED: list = []  # (kernel name, PTX) of every "launch"
 VARIANTS: dict = {}  # compile key -> (kernel name, constexprs, num_warps, label of the first case)
 CASE = [""]  # label of the case being compiled
 REGISTER_BUDGET = 128
-FORWARD = ("fused_loss_fwd_kernel", "fused_loss_fwd_strided_kernel")
+FORWARD = ("fused_loss_fwd_kernel", "fused_loss_fwd_strided_kernel",
+           "fused_loss_fwd_rendered_kernel")
 
 
 def compile_instead_of_launch(self, *args, grid, warmup=False, **kwargs):
@@ -84,6 +85,15 @@ def cases():
         t = torch.randn(t_shape or shape, dtype=td).requires_grad_(True)
         return x, t
 
+    kp, vis = torch.rand(4, 8, 2) * 8, torch.ones(4, 8)
+    for loss, extra in (("mse", {}), ("huber", {}), ("shrinkage", {}), ("gaussian_focal", {}),
+                        ("gaussian_focal", {"from_logits": True, "alpha": 1.5})):
+        def heatmap(x, t, loss=loss, extra=extra, **k):  # t unused: the target is rendered
+            return fl.heatmap_loss(x.view(4, 8, 4, 4), kp, vis, sigma=2.0, loss=loss, **extra,
+                                   **k)
+        heatmap.__name__ = f"heatmap_loss[{loss}]"
+        yield heatmap, {"reduction": "mean"}, \
+            lambda: (torch.randn(512, requires_grad=True), torch.zeros(1))
     every_loss = [(fl.huber_loss, {"delta": 0.5}), (fl.smooth_l1_loss, {"beta": 0.5}),
                   (fl.l1_loss, {}), (fl.mse_loss, {}), (fl.shrinkage_loss, {}),
                   (fl.sigmoid_focal_loss, {}), (fl.sigmoid_focal_loss, {"from_logits": False}),
@@ -132,7 +142,18 @@ def scenarios():
         fl.mse_loss(leaf(8, 17, 64, 64), torch.rand(8, 17, 64, 64), "mean", weight=kp_w,
                     avg_factor=torch.tensor(1000.0)).backward()
 
+    def heatmaps(instances, loss="mse", width=64, **kw):
+        kp = torch.rand(8, 17, instances, 2) * 256
+        vis = torch.randint(-1, 2, (8, 17, instances)).float()
+        fl.heatmap_loss(leaf(8, 17, 64, width), kp, vis, sigma=11.3, stride=4.0, offset=2.0,
+                        loss=loss, weight=torch.rand(8, 17, 1, 1), **kw).backward()
+
     n = 1 << 20
+    yield "heatmap mse A=1", lambda: heatmaps(1), 4
+    yield "heatmap mse A=10", lambda: heatmaps(10), 4
+    yield "heatmap gaussian focal logits A=1", lambda: heatmaps(1, "gaussian_focal",
+                                                                from_logits=True), 4
+    yield "heatmap shrinkage A=2 odd width", lambda: heatmaps(2, "shrinkage", width=63), 0
     yield "huber fp32 2^20", lambda: fl.huber_loss(leaf(n), torch.randn(n)).backward(), 8
     yield "huber fp32 odd", lambda: fl.huber_loss(leaf(n - 3), torch.randn(n - 3)).backward(), 8
     yield "huber bf16 2^20", lambda: fl.huber_loss(leaf(n, dtype=bf16),

@@ -15,7 +15,7 @@ and the partials are summed in a fixed order (a separate tiny launch, the last p
 same launch via an integer ticket, or directly when one program covers everything). No float
 atomics: a result depends only on the inputs and the block size, never on scheduling.
 
-Two drivers share that body (``_forward_block``):
+Three drivers share that body (``_forward_block``):
 
 * ``fused_loss_fwd_kernel``: every operand contiguous in input's shape. Offsets are the linear
   index, accesses are 16-byte vectors, and the launch takes 17 arguments (host time).
@@ -26,6 +26,9 @@ Two drivers share that body (``_forward_block``):
   numbers (a multiply-high and a shift, ``_udiv``): no 64-bit division and no slow path in the
   per-element body. Contiguous operands skip the arithmetic; stride-0 dimensions of an operand
   (``Z*`` bit masks) cost nothing. Beyond 2^31 (``IDX64``) the arithmetic is int64 ``//``/``%``.
+* ``fused_loss_fwd_rendered_kernel``: the target is not a tensor but rendered per element by
+  the loss's own jit function from per-channel data (heatmaps from keypoints): 0 bytes of
+  target traffic.
 
 Bytes per element for fp32 x and t, bool w, gradient for x only (forward + backward):
 read x 4 + read t 4 + read w 1 + write dx 4 = 13; the backward adds nothing when grad_output
@@ -190,7 +193,7 @@ def sum_partials(partial_ptr, count, ACC: tl.constexpr, RBLOCK: tl.constexpr):
 
 
 @triton.jit
-def _forward_block(pid, offs, mask, ox, ot, ow, col,
+def _forward_block(pid, offs, mask, ox, ot, ow, col, t_given,
                    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                    MATH: tl.constexpr, VARIANT: tl.constexpr,
@@ -198,7 +201,8 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col,
                    DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
                    NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
                    ACC: tl.constexpr, RBLOCK: tl.constexpr, FULL: tl.constexpr):
-    """The body both drivers share: offsets in, loss / gradients / partials out.
+    """The body every driver shares: offsets in, loss / gradients / partials out. ``t_given``:
+    the target's values when the driver computed them (else None: loaded, or a one-hot).
 
     FULL (the block lies inside [0, n)): no bounds mask at all, so loads and stores are
     unpredicated 16-byte vectors (a mask ``offs < n`` with n not a multiple of 16 would make
@@ -208,7 +212,9 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col,
     if FULL:
         mask = None
     x = tl.load(x_ptr + ox, mask=mask).to(ACC)
-    if T_INDEX:
+    if t_given is not None:  # computed by the driver (a target rendered in the kernel)
+        t = t_given.to(ACC)
+    elif T_INDEX:
         # integer class index per row: one-hot on the fly (a compare against the column),
         # never materialised
         cls = tl.load(t_ptr + ot, mask=mask)
@@ -259,7 +265,7 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col,
 
 
 @triton.jit
-def _forward_split(pid, offs, ox, ot, ow, col,
+def _forward_split(pid, offs, ox, ot, ow, col, t_given,
                    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                    MATH: tl.constexpr, VARIANT: tl.constexpr,
@@ -271,13 +277,13 @@ def _forward_split(pid, offs, ox, ot, ow, col,
     """Every block but the last of a launch is full: it runs the mask-free body, and only the
     tail block pays for bounds masks (EVEN, n a multiple of BLOCK on the host: no tail)."""
     if EVEN or (pid + 1) * BLOCK <= n:
-        _forward_block(pid, offs, None, ox, ot, ow, col,
+        _forward_block(pid, offs, None, ox, ot, ow, col, t_given,
                        x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                        denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                        MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
                        NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, True)
     else:
-        _forward_block(pid, offs, offs < n, ox, ot, ow, col,
+        _forward_block(pid, offs, offs < n, ox, ot, ow, col, t_given,
                        x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                        denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                        MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
@@ -310,7 +316,7 @@ def fused_loss_fwd_kernel(
 ):
     """Every operand contiguous in input's shape (a class-index target only when C == 1)."""
     pid, offs = _block_offsets(BLOCK, IDX64)
-    _forward_split(pid, offs, offs, offs, offs, tl.zeros_like(offs),
+    _forward_split(pid, offs, offs, offs, offs, tl.zeros_like(offs), None,
                    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                    MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
@@ -350,11 +356,76 @@ def fused_loss_fwd_strided_kernel(
         ow = offs
     if not COL_IS_DIM0:
         col = tl.zeros_like(offs)
-    _forward_split(pid, offs, ox, ot, ow, col,
+    _forward_split(pid, offs, ox, ot, ow, col, None,
                    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                    MATH, VARIANT, HAS_W, T_INDEX, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
                    NEED_GX, NEED_GT, FINALIZE, ACC, RBLOCK, BLOCK, EVEN)
+
+
+@triton.jit
+def fused_loss_fwd_rendered_kernel(
+    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr, denom_ptr, lw_ptr,
+    aux_ptr,
+    n, denom_mult, lw_f, p0, p1, p2, p3,
+    r0, r1, r2, r3, k0, k1, chan_size, chan_magic, channels,
+    n0, n1, n2, n3, n4, n5,
+    m0, m1, m2, m3, m4,
+    sx0, sx1, sx2, sx3, sx4, sx5,
+    sw0, sw1, sw2, sw3, sw4, sw5,
+    MATH: tl.constexpr, VARIANT: tl.constexpr,
+    HAS_W: tl.constexpr, REDUCE: tl.constexpr,
+    DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
+    NEED_GX: tl.constexpr, FINALIZE: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, RBLOCK: tl.constexpr, IDX64: tl.constexpr,
+    EVEN: tl.constexpr, NDIM: tl.constexpr, X_CONTIG: tl.constexpr, W_CONTIG: tl.constexpr,
+    ZX: tl.constexpr, ZW: tl.constexpr,
+    RENDER: tl.constexpr, RK: tl.constexpr, RA: tl.constexpr, HAS_AUX: tl.constexpr,
+    CHAN_UNIFORM: tl.constexpr, W_CHANNEL: tl.constexpr,
+):
+    """A target rendered in the kernel from per-channel data, never read from memory.
+
+    input.shape is (channels, chan_size) row-major (e.g. (B*K, H*W) heatmaps): element ``offs``
+    lies in channel ``offs // chan_size`` at position ``offs % chan_size`` there. The loss's
+    renderer, ``RENDER(c, p, t_ptr, aux_ptr, r0..r3, k0, k1, RK, RA, HAS_AUX, ACC)``, turns
+    that into the target value (``t_ptr``/``aux_ptr``: its per-channel data, e.g. keypoints and
+    visibility; r*/k*: its float and integer parameters; RK/RA: its constexpr kind and
+    count). CHAN_UNIFORM (chan_size a multiple of BLOCK): a block lies in one channel, so its
+    channel and per-channel data are per-program scalars, and so is a weight that is constant
+    within a channel (W_CHANNEL, e.g. (B, K, 1, 1)). Input and weight are otherwise addressed
+    as in the strided driver; there is no target gradient.
+    """
+    pid, offs = _block_offsets(BLOCK, IDX64)
+    ox, _ot, ow, _col = operand_offsets(offs, NDIM, IDX64, ZX, 63, ZW,
+                                        n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4,
+                                        sx0, sx1, sx2, sx3, sx4, sx5,
+                                        sx0, sx1, sx2, sx3, sx4, sx5,
+                                        sw0, sw1, sw2, sw3, sw4, sw5)
+    if X_CONTIG:
+        ox = offs
+    if W_CONTIG:
+        ow = offs
+    if CHAN_UNIFORM and W_CHANNEL:  # one weight per channel, one channel per block: a scalar
+        _ox, _ot, ow, _col = operand_offsets(pid * BLOCK, NDIM, IDX64, ZX, 63, ZW,
+                                             n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4,
+                                             sx0, sx1, sx2, sx3, sx4, sx5,
+                                             sx0, sx1, sx2, sx3, sx4, sx5,
+                                             sw0, sw1, sw2, sw3, sw4, sw5)
+    if CHAN_UNIFORM:
+        c = (pid * BLOCK) // chan_size
+    else:
+        if IDX64:
+            c = offs // chan_size
+        else:
+            c = _udiv(offs, chan_magic)
+        c = tl.minimum(c, channels - 1)  # lanes past n (masked later) keep a valid channel
+    t = RENDER(c, offs - c * chan_size, t_ptr, aux_ptr, r0, r1, r2, r3, k0, k1,
+               RK, RA, HAS_AUX, ACC)
+    _forward_split(pid, offs, ox, ox, ow, ox, t,
+                   x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
+                   denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
+                   MATH, VARIANT, HAS_W, False, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
+                   NEED_GX, False, FINALIZE, ACC, RBLOCK, BLOCK, EVEN)
 
 
 @triton.jit
