@@ -7,6 +7,8 @@ from .shrinkage import ShrinkageLoss, shrinkage_loss
 from .focal import (FocalLoss, QualityFocalLoss, VarifocalLoss, quality_focal_loss,
                     sigmoid_focal_loss, varifocal_loss)
 from .heatmap import HeatmapLoss, heatmap_loss, render_heatmaps
+from .box import (CIoULoss, DIoULoss, DistributionFocalLoss, GIoULoss, IoULoss, box_iou_loss,
+                  distribution_focal_loss)
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,6 @@ __all__ = [
     "sigmoid_focal_loss", "quality_focal_loss", "varifocal_loss",
     "FocalLoss", "QualityFocalLoss", "VarifocalLoss",
     "heatmap_loss", "render_heatmaps", "HeatmapLoss",
+    "box_iou_loss", "distribution_focal_loss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss",
+    "DistributionFocalLoss",
 ]

@@ -41,10 +41,10 @@ def check_first_order() -> None:
 def out_of_place_grads(go, gx, gt, x_dtype, t_dtype, meta: Meta):
     """grad_output * G: the "none" backward, and every backward under torch.compile."""
     grad_x = grad_t = None
-    if gx is not None:
-        grad_x = (go * gx).to(x_dtype)
+    if gx is not None:  # a row loss's "none" output has one value per row: go[..., None]
+        grad_x = ((go if go.dim() >= gx.dim() else go.unsqueeze(-1)) * gx).to(x_dtype)
     if gt is not None:
-        grad_t = go * gt
+        grad_t = (go if go.dim() >= gt.dim() else go.unsqueeze(-1)) * gt
         if tuple(grad_t.shape) != meta.target_shape:  # "none" with a broadcast target
             grad_t = grad_t.sum(dim=meta.target_reduce_dims, keepdim=True).reshape(meta.target_shape)
         grad_t = grad_t.to(t_dtype)
@@ -84,10 +84,10 @@ class FusedLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, input, target):
         spec, variant, weight, params, reduction, af_value, af_tensor, lw_value, lw_tensor, \
-            class_index, need_gx, need_gt, render_call = call
+            class_index, need_gx, need_gt, special_call = call
         loss, gx, gt, plan = launch_forward(spec, variant, input, target, weight, params,
                                             reduction, af_value, af_tensor, lw_value, lw_tensor,
-                                            class_index, need_gx, need_gt, render_call)
+                                            class_index, need_gx, need_gt, special_call)
         if plan.input_grad_only:
             ctx.save_for_backward(gx)
         else:

@@ -34,7 +34,7 @@ import torch
 
 from . import _validate
 from ._autograd import DOUBLE_BACKWARD_MESSAGE, FusedLossFunction
-from ._launch import Render, launch_forward, register_renderer
+from ._launch import Render, Rows, launch_forward, register_renderer
 from ._registry import REGISTRY, LossSpec, register_loss
 from ._runtime import INTERPRETED, LAUNCH_COUNTS, engine_config, uses_triton
 
@@ -44,7 +44,8 @@ from ._runtime import INTERPRETED, LAUNCH_COUNTS, engine_config, uses_triton
 _apply = super(torch.autograd.Function, FusedLossFunction).apply
 _functorch_active = torch._C._are_functorch_transforms_active
 
-__all__ = ["apply_loss", "apply_rendered", "Render", "register_renderer", "FusedLossModule", "REGISTRY", "LossSpec", "register_loss",
+__all__ = ["apply_loss", "apply_rendered", "apply_rows", "Render", "Rows", "register_renderer",
+           "FusedLossModule", "REGISTRY", "LossSpec", "register_loss",
            "engine_config", "uses_triton", "INTERPRETED", "LAUNCH_COUNTS",
            "DOUBLE_BACKWARD_MESSAGE"]
 
@@ -87,6 +88,40 @@ def apply_rendered(spec: LossSpec, input, data, render_call, params: tuple, redu
     The caller validated input, data and aux; ``reference()`` computes the loss in pure
     PyTorch where Triton cannot run."""
     weight = _validate.check_weight(weight, input)
+    return _apply_special(spec, input, data, render_call, params, reduction, weight, avg_factor,
+                          loss_weight, reference, False)
+
+
+def apply_rows(spec: LossSpec, input, target, aux, params: tuple, reduction: str, weight,
+               avg_factor, loss_weight, reference: Callable):
+    """A row loss (one value per row of input.shape[-1] values, ``Rows``): ``target`` holds
+    rows of target.shape[-1] values, or one value per row (shape input.shape[:-1]); ``aux``
+    (optional, no gradient) rows of aux.shape[-1] values; ``weight`` one value per row,
+    broadcastable to input.shape[:-1] or to input.shape[:-1] + (1,). Every operand broadcasts
+    over rows, none over columns. The caller validated input, target and aux (shapes, dtypes);
+    ``reference()`` computes the loss in pure PyTorch where Triton cannot run."""
+    rows_view = input.select(-1, 0)  # the row shape, for the checks (a view, no copy)
+    if weight is not None and isinstance(weight, torch.Tensor) and weight.dim() == input.dim() \
+            and weight.dim() > 0 and weight.shape[-1] == 1:
+        weight = weight.squeeze(-1)  # per-row weights written (..., 1), as mmdet does
+    weight = _validate.check_weight(weight, rows_view)
+    t_cols = target.dim() == input.dim()
+    operands = [input, target if t_cols else None, aux]
+    if any(t is not None and t.dim() and t.stride(-1) != 1 for t in operands):
+        input = input.contiguous() if input.stride(-1) != 1 else input  # rare: copy rows
+        target = target.contiguous() if t_cols and target.stride(-1) != 1 else target
+        aux = aux.contiguous() if aux is not None and aux.stride(-1) != 1 else aux
+    rows = Rows(input.shape[-1], target.shape[-1] if t_cols else 1,
+                aux.shape[-1] if aux is not None else 0, t_cols)
+    need_gt = torch.is_grad_enabled() and target.requires_grad
+    return _apply_special(spec, input, target, (rows, (), aux), params, reduction, weight,
+                          avg_factor, loss_weight, reference, need_gt)
+
+
+def _apply_special(spec, input, target, special_call, params, reduction, weight, avg_factor,
+                   loss_weight, reference, need_gt):
+    """The shared tail of apply_rendered / apply_rows: the scalar checks, then the fused
+    kernels (eager autograd, or the custom op under torch.compile) or the reference."""
     if reduction not in _validate.REDUCTIONS:
         raise ValueError(f"reduction must be one of {_validate.REDUCTIONS}, got {reduction!r}")
     af_value = af_tensor = None
@@ -101,21 +136,23 @@ def apply_rendered(spec: LossSpec, input, data, render_call, params: tuple, redu
     if not uses_triton(input.device):
         return reference()
     need_gx = torch.is_grad_enabled() and input.requires_grad
-    render, floats, aux = render_call
+    special, floats, aux = special_call
     if torch.compiler.is_compiling():
-        loss, _, _ = spec.op(input, data, weight, af_tensor, lw_tensor, [float(p) for p in params],
-                             reduction, af_value, lw_value, need_gx, False, aux,
-                             [float(f) for f in floats], list(render))
+        tag = 0 if isinstance(special, Render) else 1
+        loss, _, _ = spec.op(input, target, weight, af_tensor, lw_tensor,
+                             [float(p) for p in params], reduction, af_value, lw_value, need_gx,
+                             need_gt, aux, [float(f) for f in floats],
+                             [tag, *(int(v) for v in special)])
         return loss
     variant = spec.variant(params, False)
-    if need_gx:
+    if need_gx or need_gt:
         call = (spec, variant, weight, params, reduction, af_value, af_tensor, lw_value,
-                lw_tensor, False, True, False, render_call)
+                lw_tensor, False, need_gx, need_gt, special_call)
         if _functorch_active():
-            return FusedLossFunction.apply(call, input, data)
-        return _apply(call, input, data)
-    return launch_forward(spec, variant, input, data, weight, params, reduction, af_value,
-                          af_tensor, lw_value, lw_tensor, False, False, False, render_call)[0]
+            return FusedLossFunction.apply(call, input, target)
+        return _apply(call, input, target)
+    return launch_forward(spec, variant, input, target, weight, params, reduction, af_value,
+                          af_tensor, lw_value, lw_tensor, False, False, False, special_call)[0]
 
 
 class FusedLossModule(torch.nn.Module):

@@ -31,13 +31,14 @@ from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
 from . import _runtime as rt
-from ._plan import MAX_DIMS, collapse, udiv_magic
+from ._plan import MAX_DIMS, collapse, row_major_strides, udiv_magic
 from .kernels import engine as K
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 _JIT_RUN = JITFunction.run  # Triton's own; a tool may wrap it (see KernelLauncher)
 _KNOBS = triton.knobs.runtime  # launch hooks (profilers such as proton install them here)
 _INT32_LIMIT = 2 ** 31
+ROW_TILE = 1024  # elements per program of a row loss on a GPU (see _build_plan)
 
 
 def grad_buffer_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -112,6 +113,7 @@ class KernelLauncher:
 FWD = KernelLauncher(K.fused_loss_fwd_kernel, "fused_loss_fwd_kernel")
 FWD_STRIDED = KernelLauncher(K.fused_loss_fwd_strided_kernel, "fused_loss_fwd_strided_kernel")
 FWD_RENDERED = KernelLauncher(K.fused_loss_fwd_rendered_kernel, "fused_loss_fwd_rendered_kernel")
+FWD_ROWS = KernelLauncher(K.fused_row_loss_fwd_kernel, "fused_row_loss_fwd_kernel")
 FINALIZE = KernelLauncher(K.finalize_kernel, "finalize_kernel")
 RESCALE = KernelLauncher(K.rescale_kernel, "rescale_kernel")
 
@@ -219,8 +221,24 @@ def register_renderer(fn) -> int:
     return RENDERERS.index(fn)
 
 
-def output_meta(input, target, weight, reduction, class_index, rendered: bool = False) -> Meta:
-    shape = tuple(input.shape)
+class Rows(NamedTuple):
+    """A row loss (``fused_row_loss_fwd_kernel``): one value per row of ``kx`` input values
+    (input.shape[-1]) against rows of ``kt`` target values (target.shape[-1]; with
+    ``t_cols`` False the target holds one value per row, shape input.shape[:-1], and kt is 1)
+    and rows of ``ka`` values of an optional aux tensor (0 without one)."""
+    kx: int
+    kt: int
+    ka: int
+    t_cols: bool
+
+
+def output_meta(input, target, weight, reduction, class_index, rendered: bool = False,
+                rows: Optional[Rows] = None) -> Meta:
+    shape = tuple(input.shape)  # the shape of the loss ("none") and of the target's gradient
+    loss_shape = shape
+    if rows is not None:
+        loss_shape = shape[:-1]
+        shape = loss_shape + ((rows.kt,) if rows.t_cols else ())
     if class_index or rendered:
         result = input.dtype
     else:
@@ -229,7 +247,7 @@ def output_meta(input, target, weight, reduction, class_index, rendered: bool = 
                              weight.dtype if weight is not None else None)
     acc = torch.float64 if wide else torch.float32
     if reduction == "none":
-        loss_shape, loss_dtype = shape, result
+        loss_dtype = result
     else:
         loss_shape = ()
         loss_dtype = torch.float64 if result == torch.float64 else torch.float32
@@ -264,6 +282,7 @@ class ForwardPlan:
     gt_full_dtype: Optional[torch.dtype]  # dtype of the full-size target gradient buffer
     finalize_constexprs: dict
     gx_like_input: bool  # the input gradient buffer is torch.empty_like(input)
+    gt_full_shape: tuple  # the target gradient the kernel writes (reduced afterwards if it broadcasts)
     ticket: bool  # FINALIZE_TICKET: the integer ticket counter
     poison: bool  # engine_config(poison=True)
     rescale_x: tuple  # rescale key bases of the gradient buffers (see ``rescale``)
@@ -273,6 +292,7 @@ class ForwardPlan:
     reduction: str
     input_grad_only: bool  # scalar reduction, gradient for input only, kept in input's dtype
     rendered: bool  # the target is rendered in the kernel (scalars then carry r0..r3)
+    takes_aux: bool  # the driver takes an aux pointer (last); floats r0..r3 follow p0..p3
 
 
 _PLANS: dict = {}
@@ -282,25 +302,26 @@ _IDENTS = itertools.count()
 
 def forward_plan(spec, variant: int, input, target, weight, reduction: str, af_kind: int,
                  af_tensor, lw_tensor, class_index: bool, need_gx: bool, need_gt: bool,
-                 render: Optional[Render] = None, aux: Optional[torch.Tensor] = None):
-    """The cached plan of a forward launch (``plan.ident`` keys its compiled kernels)."""
+                 special=None, aux: Optional[torch.Tensor] = None):
+    """The cached plan of a forward launch (``plan.ident`` keys its compiled kernels).
+    ``special``: a Render or Rows descriptor, or None for an elementwise loss."""
     key = (spec.name, variant, reduction, af_kind, need_gx, need_gt, class_index,
            input.shape, input.stride(), input.dtype, input.get_device(),
            target.shape, target.stride(), target.dtype,
            None if weight is None else (weight.shape, weight.stride(), weight.dtype),
            None if af_tensor is None else af_tensor.dtype,
            None if lw_tensor is None else lw_tensor.dtype, rt.CONFIG_KEY,
-           render, None if aux is None else aux.dtype)
+           special, None if aux is None else (aux.shape, aux.stride(), aux.dtype))
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:  # many distinct shapes: start over (plans are cheap)
             _PLANS.clear()
             _RESCALE_PLANS.clear()
-            for launcher in (FWD, FWD_STRIDED, FWD_RENDERED, FINALIZE, RESCALE):
+            for launcher in (FWD, FWD_STRIDED, FWD_RENDERED, FWD_ROWS, FINALIZE, RESCALE):
                 launcher.forget()
         plan = _PLANS[key] = _build_plan(spec, variant, input, target, weight, reduction, af_kind,
                                          af_tensor, lw_tensor, class_index, need_gx, need_gt,
-                                         next(_IDENTS), render, aux)
+                                         next(_IDENTS), special, aux)
     return plan
 
 
@@ -336,16 +357,58 @@ def _rendered_plan(input, weight, render: Render, aux, n, denom_mult, block, spa
             zip(shape[render.channel_dims:], operands[-1].stride()[render.channel_dims:])))
 
 
+def _rows_plan(input, target, weight, rows: Rows, aux, n, denom_mult, rows_per_program,
+               constexprs):
+    """Launcher, integer arguments and constexprs of the row driver: rows addressed through
+    the collapsed row shape input.shape[:-1] (four operands: input, target, weight, aux; the
+    caller made each one's last dimension contiguous), columns contiguous."""
+    row_shape = tuple(input.shape[:-1])
+
+    def row_strides(t, k, cols):
+        if t is None:
+            return (0,) * len(row_shape)
+        full = t.expand(row_shape + ((k,) if cols else ()))
+        return full.stride()[:len(row_shape)]
+
+    plan = collapse(row_shape, [input.stride()[:-1], row_strides(target, rows.kt, rows.t_cols),
+                                row_strides(weight, 0, False),
+                                row_strides(aux, rows.ka, True)])
+    if plan.ndim > MAX_DIMS:
+        raise ValueError(f"the rows of input {tuple(input.shape)} need more than {MAX_DIMS} "
+                         f"dimensions with these strides; pass contiguous tensors")
+    widths = (rows.kx, rows.kt, 1, max(rows.ka, 1))  # values per row of each operand
+    major = row_major_strides(plan.sizes)
+    row_contig = [plan.strides[k] == tuple(s * width for s in major)
+                  for k, width in enumerate(widths)]
+    zx, zt, zw, za = plan.zero_masks(4)
+    # the largest element offset a launch forms: masked tail rows, gradients written contiguous
+    largest = max([(n + rows_per_program) * max(widths)]
+                  + [plan.max_offset(k) + width for k, width in enumerate(widths)])
+    c = constexprs
+    return FWD_ROWS, (n, denom_mult, *plan.kernel_args(4)), dict(
+        MATH=c["MATH"], VARIANT=c["VARIANT"], HAS_W=c["HAS_W"], HAS_AUX=aux is not None,
+        REDUCE=c["REDUCE"], DENOM=c["DENOM"], ZERO_SAFE=c["ZERO_SAFE"],
+        HAS_LW_PTR=c["HAS_LW_PTR"], NEED_GX=c["NEED_GX"], NEED_GT=c["NEED_GT"],
+        FINALIZE=c["FINALIZE"], ACC=c["ACC"], ROWS=rows_per_program, RBLOCK=K.REDUCE_BLOCK,
+        IDX64=largest >= _INT32_LIMIT, NDIM=plan.ndim,
+        KX=rows.kx, KT=rows.kt, KA=rows.ka, KXP=triton.next_power_of_2(rows.kx),
+        KTP=triton.next_power_of_2(rows.kt), KAP=triton.next_power_of_2(max(rows.ka, 1)),
+        X_RC=row_contig[0], T_RC=row_contig[1], W_RC=row_contig[2], A_RC=row_contig[3],
+        ZX=zx, ZT=zt, ZW=zw, ZA=za)
+
+
 AF_NONE, AF_VALUE, AF_TENSOR = 0, 1, 2
 _PAD = [(0.0,) * (4 - k) for k in range(5)]  # hyper-parameters padded to p0..p3
 
 
 def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor, lw_tensor,
-                class_index, need_gx, need_gt, ident: int, render, aux) -> ForwardPlan:
-    meta = output_meta(input, target, weight, reduction, class_index, render is not None)
+                class_index, need_gx, need_gt, ident: int, special, aux) -> ForwardPlan:
+    render = special if isinstance(special, Render) else None
+    rows = special if isinstance(special, Rows) else None
+    meta = output_meta(input, target, weight, reduction, class_index, render is not None, rows)
     shape = tuple(input.shape)
-    n = input.numel()
-    block = rt.pick_block(n)
+    n = input.numel() if rows is None else math.prod(shape[:-1])
+    block = rt.pick_block(n if rows is None else n * triton.next_power_of_2(rows.kx))
     if render is not None and rt._CONFIG["block"] is None and not rt.INTERPRETED:
         # a block that divides the channel (e.g. 1024 for 64 x 48 heatmaps): each block then
         # lies in one channel, whose data (and weight) are per-program scalars
@@ -353,6 +416,15 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
         divisor = chan_size & -chan_size
         if divisor >= 1024 and n > 1024:
             block = min(divisor, block)
+    warps = rt.num_warps(block)
+    if rows is not None:  # a tile of ROWS rows of KXP columns
+        tile = block
+        if rt._CONFIG["block"] is None and not rt.INTERPRETED:
+            # a row's math keeps tens of values alive (CIoU ~60): 1024 elements per program of
+            # 4 warps (2 boxes, or half a 16-bin row, per thread) stay within 128 registers
+            tile = min(tile, ROW_TILE)
+        block = max(1, tile // triton.next_power_of_2(rows.kx))
+        warps = rt.num_warps(tile)
     grid = max(1, triton.cdiv(n, block))
 
     weight_sum, zero_safe, denom_mult = False, False, 1
@@ -383,7 +455,10 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
                   and tuple(target.shape) == shape
                   and (weight is None or (weight.is_contiguous() and tuple(weight.shape) == shape)))
     copy_operands = False
-    if render is not None:
+    if rows is not None:
+        launcher, ints, constexprs = _rows_plan(input, target, weight, rows, aux, n, denom_mult,
+                                                block, constexprs)
+    elif render is not None:
         launcher, ints, constexprs = _rendered_plan(input, weight, render, aux, n, denom_mult,
                                                     block, span, even, constexprs)
     elif contiguous:  # the common case: no index arithmetic at all
@@ -405,20 +480,23 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
                           ZX=zx, ZT=zt, ZW=zw, COL_IS_DIM0=class_index and shape[-1] != 1)
 
     gt_full_dtype = None
+    gt_full_shape = shape if rows is None else tuple(
+        target.expand(shape[:-1] + ((rows.kt,) if rows.t_cols else ())).shape)
     if need_gt:
         gt_full_dtype = meta.acc_dtype if meta.target_reduce_dims else meta.gt_dtype
     finalize_constexprs = dict(DENOM=denom, ZERO_SAFE=zero_safe,
                                HAS_LW_PTR=lw_tensor is not None, ACC=constexprs["ACC"],
                                RBLOCK=K.REDUCE_BLOCK)
-    return ForwardPlan(meta, launcher, grid, ints, constexprs, rt.num_warps(block), denom,
+    return ForwardPlan(meta, launcher, grid, ints, constexprs, warps, denom,
                        weight_sum, reduction != "none" and grid > 1,
                        reduction != "none" and finalize == K.FINALIZE_PARTIALS, copy_operands,
                        gt_full_dtype, finalize_constexprs,
-                       input.is_contiguous() and meta.gx_dtype == input.dtype,
+                       input.is_contiguous() and meta.gx_dtype == input.dtype, gt_full_shape,
                        finalize == K.FINALIZE_TICKET, bool(rt._CONFIG["poison"]),
                        (ident, 0), (ident, 1), ident, (input.dtype, target.dtype), reduction,
                        reduction != "none" and need_gx and not need_gt
-                       and meta.gx_dtype == input.dtype, render is not None)
+                       and meta.gx_dtype == input.dtype, render is not None,
+                       launcher is FWD_RENDERED or launcher is FWD_ROWS)
 
 
 _TICKETS: dict = {}
@@ -432,15 +510,16 @@ def _ticket_counter(device: torch.device) -> torch.Tensor:
 
 
 def launch_forward(spec, variant, input, target, weight, params, reduction, af_value, af_tensor,
-                   lw_value, lw_tensor, class_index, need_gx, need_gt, render_call=None):
+                   lw_value, lw_tensor, class_index, need_gx, need_gt, special_call=None):
     """Run the fused forward. Returns (loss, G_input or None, G_target or None, plan).
 
-    ``render_call``: (Render, (r0, r1, r2, r3), aux tensor or None) when the target is rendered
-    in the kernel from ``target`` (its per-channel data) instead of read."""
+    ``special_call``: (Render, (r0, r1, r2, r3), aux tensor or None) when the target is
+    rendered in the kernel from ``target`` (its per-channel data) instead of read; (Rows, (),
+    aux tensor or None) for a row loss."""
     af_kind = AF_TENSOR if af_tensor is not None else AF_VALUE if af_value is not None else AF_NONE
-    render, floats, aux = render_call if render_call is not None else (None, (), None)
+    special, floats, aux = special_call if special_call is not None else (None, (), None)
     plan = forward_plan(spec, variant, input, target, weight, reduction, af_kind, af_tensor,
-                        lw_tensor, class_index, need_gx, need_gt, render, aux)
+                        lw_tensor, class_index, need_gx, need_gt, special, aux)
     meta = plan.meta
     x, t, w = input, target, weight
     if plan.copy_operands:
@@ -458,7 +537,7 @@ def launch_forward(spec, variant, input, target, weight, params, reduction, af_v
         if need_gx:
             gx = (torch.empty_like(input) if plan.gx_like_input
                   else input.new_empty(input.shape, dtype=meta.gx_dtype))
-    gt_full = rt.alloc(input.shape, plan.gt_full_dtype, input.device) if need_gt else None
+    gt_full = rt.alloc(plan.gt_full_shape, plan.gt_full_dtype, input.device) if need_gt else None
     partials = rt.alloc((plan.grid,), meta.acc_dtype, input.device) if plan.partials else None
     counter = _ticket_counter(input.device) if plan.ticket else None
 
@@ -475,7 +554,7 @@ def launch_forward(spec, variant, input, target, weight, params, reduction, af_v
     p = params + _PAD[len(params)]
 
     ptrs = [x, t, w, out, gx, gt_full, partials, counter, denom_ptr, lw_tensor]
-    if plan.rendered:
+    if plan.takes_aux:
         kkey = (plan.ident, _aligned(x, t, w, af_tensor, lw_tensor, aux))
         ptrs.append(aux)
         scalars = [plan.ints[0], plan.ints[1], lw_f, *p, *floats, *plan.ints[2:]]

@@ -14,7 +14,22 @@ from typing import Optional
 import torch
 
 from ._autograd import check_first_order, out_of_place_grads
-from ._launch import Render, launch_forward, output_meta
+from ._launch import Render, Rows, launch_forward, output_meta
+
+
+def _special(special: Optional[list]):
+    """The Render / Rows descriptor an op call carries as ``[tag, *fields]`` (or None)."""
+    if special is None:
+        return None
+    return (Render if special[0] == 0 else Rows)(*special[1:])
+
+
+def _meta(input, target, weight, reduction, special):
+    descriptor = _special(special)
+    class_index = descriptor is None and not target.dtype.is_floating_point
+    return output_meta(input, target, weight, reduction, class_index,
+                       isinstance(descriptor, Render),
+                       descriptor if isinstance(descriptor, Rows) else None)
 
 
 def make_custom_op(spec):
@@ -25,17 +40,19 @@ def make_custom_op(spec):
              params: list[float], reduction: str, avg_factor_value: Optional[float],
              loss_weight_value: Optional[float], need_input_grad: bool,
              need_target_grad: bool, aux: Optional[torch.Tensor] = None,
-             render_floats: Optional[list[float]] = None,
-             render: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rendered = render is not None
-        class_index = not rendered and not target.dtype.is_floating_point
+             special_floats: Optional[list[float]] = None,
+             special: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        descriptor = _special(special)
+        class_index = descriptor is None and not target.dtype.is_floating_point
         params = tuple(params)
-        render_call = (Render(*render), tuple(render_floats), aux) if rendered else None
+        special_call = None
+        if descriptor is not None:
+            special_call = (descriptor, tuple(special_floats), aux)
         loss, gx, gt, _plan = launch_forward(spec, spec.variant_of(params, class_index), input,
                                              target, weight, params, reduction, avg_factor_value,
                                              avg_factor, loss_weight_value, loss_weight,
                                              class_index, need_input_grad, need_target_grad,
-                                             render_call)
+                                             special_call)
         empty = input.new_empty(0)
         return loss, gx if gx is not None else empty, gt if gt is not None else empty
 
@@ -44,10 +61,8 @@ def make_custom_op(spec):
     @op.register_fake
     def _fake(input, target, weight, avg_factor, loss_weight, params, reduction,
               avg_factor_value, loss_weight_value, need_input_grad, need_target_grad, aux=None,
-              render_floats=None, render=None):
-        rendered = render is not None
-        meta = output_meta(input, target, weight, reduction,
-                           not rendered and not target.dtype.is_floating_point, rendered)
+              special_floats=None, special=None):
+        meta = _meta(input, target, weight, reduction, special)
         loss = input.new_empty(meta.loss_shape, dtype=meta.loss_dtype)
         gx = input.new_empty(tuple(input.shape) if need_input_grad else (0,), dtype=meta.gx_dtype
                              if need_input_grad else input.dtype)
@@ -59,11 +74,9 @@ def make_custom_op(spec):
 
     def setup_context(ctx, inputs, output):
         input, target, weight, _, _, _, reduction, _, _, need_gx, need_gt = inputs[:11]
-        rendered = len(inputs) > 13 and inputs[13] is not None
         _, gx, gt = output
         ctx.save_for_backward(gx if need_gx else None, gt if need_gt else None)
-        ctx.meta = output_meta(input, target, weight, reduction,
-                               not rendered and not target.dtype.is_floating_point, rendered)
+        ctx.meta = _meta(input, target, weight, reduction, inputs[13] if len(inputs) > 13 else None)
         ctx.dtypes = (input.dtype, target.dtype)
         ctx.mark_non_differentiable(gx, gt)
 

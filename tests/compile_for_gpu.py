@@ -46,7 +46,7 @@ VARIANTS: dict = {}  # compile key -> (kernel name, constexprs, num_warps, label
 CASE = [""]  # label of the case being compiled
 REGISTER_BUDGET = 128
 FORWARD = ("fused_loss_fwd_kernel", "fused_loss_fwd_strided_kernel",
-           "fused_loss_fwd_rendered_kernel")
+           "fused_loss_fwd_rendered_kernel", "fused_row_loss_fwd_kernel")
 
 
 def compile_instead_of_launch(self, *args, grid, warmup=False, **kwargs):
@@ -85,6 +85,21 @@ def cases():
         t = torch.randn(t_shape or shape, dtype=td).requires_grad_(True)
         return x, t
 
+    def boxes(dtype=f32, grad_t=True):
+        c, wh = torch.rand(64, 2) * 10, torch.rand(64, 2) * 3
+        b = torch.cat([c - wh, c + wh], -1)
+        t = (b + torch.rand(64, 4)).to(dtype)
+        return b.to(dtype).requires_grad_(True), t.requires_grad_(grad_t)
+
+    for mode in ("iou", "giou", "diou", "ciou"):
+        yield fl.box_iou_loss, {"mode": mode, "reduction": "mean"}, lambda: boxes()
+        yield fl.box_iou_loss, {"mode": mode, "reduction": "none", "box_format": "cxcywh",
+                                "weight": torch.rand(64, 1)}, lambda: boxes(bf16, False)
+    for module in (fl.IoULoss(), fl.GIoULoss(), fl.DIoULoss(), fl.CIoULoss()):
+        yield module, {"avg_factor": torch.tensor(3.0)}, lambda: boxes(f32, False)
+    dist = lambda: (torch.randn(64, 16, requires_grad=True), torch.rand(64) * 14)  # noqa: E731
+    yield fl.distribution_focal_loss, {"reduction": "mean"}, dist
+    yield fl.distribution_focal_loss, {"reduction": "none", "clamp_max": 14.99}, dist
     kp, vis = torch.rand(4, 8, 2) * 8, torch.ones(4, 8)
     for loss, extra in (("mse", {}), ("huber", {}), ("shrinkage", {}), ("gaussian_focal", {}),
                         ("gaussian_focal", {"from_logits": True, "alpha": 1.5})):
@@ -149,6 +164,15 @@ def scenarios():
                         loss=loss, weight=torch.rand(8, 17, 1, 1), **kw).backward()
 
     n = 1 << 20
+    def yolo_like(mode):  # 8400 anchors x 16 images, boxes (B, A, 4); DFL over 16 bins
+        c, wh = torch.rand(16, 8400, 2) * 80, torch.rand(16, 8400, 2) * 10
+        b = torch.cat([c - wh, c + wh], -1)
+        fl.box_iou_loss(leaf(16, 8400, 4), b, mode, "sum", weight=torch.rand(16, 8400)).backward()
+
+    yield "boxes ciou (16, 8400)", lambda: yolo_like("ciou"), 1
+    yield "boxes giou (16, 8400)", lambda: yolo_like("giou"), 1
+    yield "dfl (16*8400*4, 16)", lambda: fl.distribution_focal_loss(
+        leaf(16 * 8400, 4, 16), torch.rand(16 * 8400, 4) * 14.9).backward(), 2
     yield "heatmap mse A=1", lambda: heatmaps(1), 4
     yield "heatmap mse A=10", lambda: heatmaps(10), 4
     yield "heatmap gaussian focal logits A=1", lambda: heatmaps(1, "gaussian_focal",
@@ -197,7 +221,7 @@ def main() -> int:
     _engine.uses_triton = lambda device: True
     for one_launch in (False, True):
         for fn, kwargs, make in cases():
-            CASE[0] = f"{fn.__name__} {sorted(kwargs)}"
+            CASE[0] = f"{getattr(fn, '__name__', type(fn).__name__)} {sorted(kwargs)}"
             x, t = make()
             with fl.engine_config(block=64, one_launch=one_launch):  # several programs
                 loss = fn(x, t, **kwargs)

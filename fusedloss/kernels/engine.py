@@ -30,6 +30,9 @@ Three drivers share that body (``_forward_block``):
   the loss's own jit function from per-channel data (heatmaps from keypoints): 0 bytes of
   target traffic.
 
+Row losses (one value per row of K inputs: boxes, distributions) have their own driver,
+``fused_row_loss_fwd_kernel``, with the same contract over rows instead of elements.
+
 Bytes per element for fp32 x and t, bool w, gradient for x only (forward + backward):
 read x 4 + read t 4 + read w 1 + write dx 4 = 13; the backward adds nothing when grad_output
 equals the loss_weight the forward folded in (the rescale kernel moves no memory).
@@ -193,6 +196,27 @@ def sum_partials(partial_ptr, count, ACC: tl.constexpr, RBLOCK: tl.constexpr):
 
 
 @triton.jit
+def _reduce_block(pid, loss, scale, out_ptr, partial_ptr, counter_ptr,
+                  FINALIZE: tl.constexpr, ACC: tl.constexpr, RBLOCK: tl.constexpr):
+    """A program's share of a scalar reduction: the result itself when one program covers
+    everything, else its partial sum (and, with the integer ticket, the last program sums the
+    partials in a fixed order)."""
+    block_sum = tl.sum(loss, axis=0)
+    if FINALIZE == 1:
+        store_rounded(out_ptr, block_sum * scale, None)
+    else:
+        tl.store(partial_ptr + pid, block_sum)
+        if FINALIZE == 2:
+            # make this program's partial visible before taking a ticket
+            tl.debug_barrier()
+            ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+            if ticket == tl.num_programs(0) - 1:
+                total = sum_partials(partial_ptr, tl.num_programs(0), ACC, RBLOCK)
+                store_rounded(out_ptr, total * scale, None)
+                tl.store(counter_ptr, 0)  # ready for the next call, no memset launch
+
+
+@triton.jit
 def _forward_block(pid, offs, mask, ox, ot, ow, col, t_given,
                    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr,
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
@@ -249,19 +273,7 @@ def _forward_block(pid, offs, mask, ox, ot, ow, col, t_given,
     if REDUCE == 0:
         store_rounded(out_ptr + offs, loss * scale, mask)
     else:
-        block_sum = tl.sum(loss, axis=0)
-        if FINALIZE == 1:
-            store_rounded(out_ptr, block_sum * scale, None)
-        else:
-            tl.store(partial_ptr + pid, block_sum)
-            if FINALIZE == 2:
-                # make this program's partial visible before taking a ticket
-                tl.debug_barrier()
-                ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-                if ticket == tl.num_programs(0) - 1:
-                    total = sum_partials(partial_ptr, tl.num_programs(0), ACC, RBLOCK)
-                    store_rounded(out_ptr, total * scale, None)
-                    tl.store(counter_ptr, 0)  # ready for the next call, no memset launch
+        _reduce_block(pid, loss, scale, out_ptr, partial_ptr, counter_ptr, FINALIZE, ACC, RBLOCK)
 
 
 @triton.jit
@@ -426,6 +438,113 @@ def fused_loss_fwd_rendered_kernel(
                    denom_ptr, lw_ptr, n, denom_mult, lw_f, p0, p1, p2, p3,
                    MATH, VARIANT, HAS_W, False, REDUCE, DENOM, ZERO_SAFE, HAS_LW_PTR,
                    NEED_GX, False, FINALIZE, ACC, RBLOCK, BLOCK, EVEN)
+
+
+@triton.jit
+def _row_offsets(r, RC: tl.constexpr, K: tl.constexpr, o):
+    """Row start of an operand: r * K when its rows are contiguous (RC), else the strided
+    offset ``o`` of row r."""
+    if RC:
+        return r * K
+    else:
+        return o
+
+
+@triton.jit
+def fused_row_loss_fwd_kernel(
+    x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr, denom_ptr, lw_ptr,
+    aux_ptr,
+    n, denom_mult, lw_f, p0, p1, p2, p3,
+    n0, n1, n2, n3, n4, n5,
+    m0, m1, m2, m3, m4,
+    sx0, sx1, sx2, sx3, sx4, sx5,
+    st0, st1, st2, st3, st4, st5,
+    sw0, sw1, sw2, sw3, sw4, sw5,
+    sa0, sa1, sa2, sa3, sa4, sa5,
+    MATH: tl.constexpr, VARIANT: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_AUX: tl.constexpr, REDUCE: tl.constexpr,
+    DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
+    NEED_GX: tl.constexpr, NEED_GT: tl.constexpr, FINALIZE: tl.constexpr,
+    ACC: tl.constexpr, ROWS: tl.constexpr, RBLOCK: tl.constexpr, IDX64: tl.constexpr,
+    NDIM: tl.constexpr, KX: tl.constexpr, KT: tl.constexpr, KA: tl.constexpr,
+    KXP: tl.constexpr, KTP: tl.constexpr, KAP: tl.constexpr,
+    X_RC: tl.constexpr, T_RC: tl.constexpr, W_RC: tl.constexpr, A_RC: tl.constexpr,
+    ZX: tl.constexpr, ZT: tl.constexpr, ZW: tl.constexpr, ZA: tl.constexpr,
+):
+    """Row losses: one loss value per row of KX input values (boxes: 4 coordinates;
+    distributions: n bins), against rows of KT target values and KA auxiliary values (e.g. an
+    anchor point), weighted per row.
+
+    A program takes ROWS rows as a (ROWS, KXP) tile (KXP = KX rounded up to a power of two;
+    masked columns load 0). Rows are addressed like elements in the strided driver (the row
+    index over input.shape[:-1], collapsed, int32 unless IDX64), columns are contiguous. The
+    loss's ``MATH(x, t, a, p0..p3, VARIANT, KX, KT, KA) -> (loss[ROWS], dx[ROWS, KXP],
+    dt[ROWS, KTP])`` works on whole rows (reductions along a row are its own); everything else
+    (zero-weight exclusion, weight, scale, reduction over rows, gradients written in the
+    forward) is the engine's, as for elementwise losses. ``n`` is the number of rows ("mean"
+    divides by it); outputs and gradients are contiguous.
+    """
+    pid = tl.program_id(0)
+    if IDX64:
+        r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    else:
+        r = pid * ROWS + tl.arange(0, ROWS)
+    rmask = r < n
+    ox, ot, ow, _c = operand_offsets(r, NDIM, IDX64, ZX, ZT, ZW,
+                                     n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4,
+                                     sx0, sx1, sx2, sx3, sx4, sx5,
+                                     st0, st1, st2, st3, st4, st5,
+                                     sw0, sw1, sw2, sw3, sw4, sw5)
+    ox = _row_offsets(r, X_RC, KX, ox)
+    ot = _row_offsets(r, T_RC, KT, ot)
+    if W_RC:
+        ow = r
+    cx = tl.arange(0, KXP)
+    ct = tl.arange(0, KTP)
+    xmask = rmask[:, None] & (cx < KX)[None, :]
+    tmask = rmask[:, None] & (ct < KT)[None, :]
+    x = tl.load(x_ptr + ox[:, None] + cx[None, :], mask=xmask, other=0.0).to(ACC)
+    t = tl.load(t_ptr + ot[:, None] + ct[None, :], mask=tmask, other=0.0).to(ACC)
+    a = None
+    if HAS_AUX:
+        oa, _o2, _o3, _c2 = operand_offsets(r, NDIM, IDX64, ZA, 63, 63,
+                                            n0, n1, n2, n3, n4, n5, m0, m1, m2, m3, m4,
+                                            sa0, sa1, sa2, sa3, sa4, sa5,
+                                            sa0, sa1, sa2, sa3, sa4, sa5,
+                                            sa0, sa1, sa2, sa3, sa4, sa5)
+        oa = _row_offsets(r, A_RC, KA, oa)
+        ca = tl.arange(0, KAP)
+        a = tl.load(aux_ptr + oa[:, None] + ca[None, :],
+                    mask=rmask[:, None] & (ca < KA)[None, :], other=0.0).to(ACC)
+    if HAS_W:
+        w = tl.load(w_ptr + ow, mask=rmask, other=0).to(ACC)
+        keep = rmask & (w != 0)
+        # a zero weight excludes the row even where its values are NaN/inf
+        x = tl.where(keep[:, None], x, 0.0)
+        t = tl.where(keep[:, None], t, 0.0)
+        if HAS_AUX:
+            a = tl.where(keep[:, None], a, 0.0)
+    else:
+        keep = rmask
+
+    loss, dx, dt = MATH(x, t, a, p0, p1, p2, p3, VARIANT, KX, KT, KA)
+
+    if HAS_W:
+        loss = loss * w
+        dx = dx * w[:, None]
+        dt = dt * w[:, None]
+    loss = tl.where(keep, loss, 0.0)
+    scale = loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr, DENOM, ZERO_SAFE, HAS_LW_PTR, ACC)
+    if NEED_GX:
+        store_rounded(gx_ptr + r[:, None] * KX + cx[None, :],
+                      tl.where(keep[:, None], dx * scale, 0.0), xmask)
+    if NEED_GT:
+        store_rounded(gt_ptr + r[:, None] * KT + ct[None, :],
+                      tl.where(keep[:, None], dt * scale, 0.0), tmask)
+    if REDUCE == 0:
+        store_rounded(out_ptr + r, loss * scale, rmask)
+    else:
+        _reduce_block(pid, loss, scale, out_ptr, partial_ptr, counter_ptr, FINALIZE, ACC, RBLOCK)
 
 
 @triton.jit
