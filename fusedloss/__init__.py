@@ -7,8 +7,9 @@ from .shrinkage import ShrinkageLoss, shrinkage_loss
 from .focal import (FocalLoss, QualityFocalLoss, VarifocalLoss, quality_focal_loss,
                     sigmoid_focal_loss, varifocal_loss)
 from .heatmap import HeatmapLoss, heatmap_loss, render_heatmaps
-from .box import (CIoULoss, DIoULoss, DistributionFocalLoss, GIoULoss, IoULoss, box_iou_loss,
-                  distribution_focal_loss)
+from .box import box_iou_loss, distribution_focal_loss
+from . import recipes
+from .recipes.mmdet import CIoULoss, DIoULoss, DistributionFocalLoss, GIoULoss, IoULoss
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "heatmap_loss", "render_heatmaps", "HeatmapLoss",
     "box_iou_loss", "distribution_focal_loss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss",
     "DistributionFocalLoss",
+    "recipes",
 ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import _runtime as rt
-from ._launch import Meta, launch_forward, rescale
+from ._launch import Meta, launch_forward, rescale, row_backward
 
 DOUBLE_BACKWARD_MESSAGE = (
     "fusedloss losses do not support double backward (create_graph=True): the gradient is "
@@ -75,6 +75,31 @@ def fused_scalar_grads(state, go, buffers, dtypes, bases):
     return grads
 
 
+def two_output_grads(state, go):
+    """dL/dinput of a two-output row loss (YOLO's IoU and DFL terms) for grad_outputs go: the
+    forward wrote G for go = (1, 1); ``fused_row_loss_bwd_kernel`` turns it into the gradient
+    for go on the device (in place the first time, a fresh buffer for a retained graph's later
+    backward). For "none" (go per row) the same combination in torch ops."""
+    gx, _gt, x, saved = state.saved_tensors
+    plan = state.plan
+    if gx is None:
+        return None
+    if plan.reduction == "none":
+        first = state.spec.row_backward_torch(x.detach(), saved)
+        a, b = go[..., 0:1], go[..., 1:2]
+        return (b * gx + (a - b) * first).to(plan.dtypes[0])
+    if state.go_first is None:
+        # G is rewritten in place; a spare buffer (written only if go[1] == 0, decided on the
+        # device) keeps what a retained graph's later backward needs
+        state.spare = rt.alloc(gx.shape, gx.dtype, gx.device)
+        row_backward(state.spec, plan, x, gx, gx, saved, go, None, state.spare)
+        state.go_first = go
+        return gx
+    out = rt.alloc(gx.shape, gx.dtype, gx.device)
+    row_backward(state.spec, plan, x, gx, out, saved, go, state.go_first, state.spare)
+    return out
+
+
 class FusedLossFunction(torch.autograd.Function):
     """Eager autograd for every registered loss (the custom op is used under torch.compile).
 
@@ -85,11 +110,15 @@ class FusedLossFunction(torch.autograd.Function):
     def forward(ctx, call, input, target):
         spec, variant, weight, params, reduction, af_value, af_tensor, lw_value, lw_tensor, \
             class_index, need_gx, need_gt, special_call = call
-        loss, gx, gt, plan = launch_forward(spec, variant, input, target, weight, params,
-                                            reduction, af_value, af_tensor, lw_value, lw_tensor,
-                                            class_index, need_gx, need_gt, special_call)
+        loss, gx, gt, plan, saved = launch_forward(spec, variant, input, target, weight, params,
+                                                   reduction, af_value, af_tensor, lw_value,
+                                                   lw_tensor, class_index, need_gx, need_gt,
+                                                   special_call)
         if plan.input_grad_only:
             ctx.save_for_backward(gx)
+        elif plan.nout > 1:
+            ctx.save_for_backward(gx, gt, input, saved)
+            ctx.spec = spec
         else:
             ctx.save_for_backward(gx, gt)
         ctx.plan = plan
@@ -108,6 +137,8 @@ class FusedLossFunction(torch.autograd.Function):
             rescale(gx, gx, go, skip_if_equal=True, base=plan.rescale_x)
             ctx.go_first = go
             return None, gx, None
+        if plan.nout > 1:
+            return None, two_output_grads(ctx, go), None
         if plan.input_grad_only:
             gx, = ctx.saved_tensors
             gt = None

@@ -64,8 +64,9 @@ def apply_loss(spec: LossSpec, input, target, params: tuple, reduction: str, wei
     need_gx = grad_on and input.requires_grad
     need_gt = grad_on and not class_index and target.requires_grad
     if torch.compiler.is_compiling():
-        loss, _, _ = spec.op(input, target, weight, af_tensor, lw_tensor, [float(p) for p in params],
-                             reduction, af_value, lw_value, need_gx, need_gt)
+        loss, _, _, _ = spec.op(input, target, weight, af_tensor, lw_tensor,
+                                [float(p) for p in params], reduction, af_value, lw_value,
+                                need_gx, need_gt)
         return loss
     variant = spec.variant(params, class_index)
     if need_gx or need_gt:
@@ -93,13 +94,14 @@ def apply_rendered(spec: LossSpec, input, data, render_call, params: tuple, redu
 
 
 def apply_rows(spec: LossSpec, input, target, aux, params: tuple, reduction: str, weight,
-               avg_factor, loss_weight, reference: Callable):
+               avg_factor, loss_weight, reference: Callable, nout: int = 1, saved: int = 0):
     """A row loss (one value per row of input.shape[-1] values, ``Rows``): ``target`` holds
     rows of target.shape[-1] values, or one value per row (shape input.shape[:-1]); ``aux``
     (optional, no gradient) rows of aux.shape[-1] values; ``weight`` one value per row,
     broadcastable to input.shape[:-1] or to input.shape[:-1] + (1,). Every operand broadcasts
     over rows, none over columns. The caller validated input, target and aux (shapes, dtypes);
-    ``reference()`` computes the loss in pure PyTorch where Triton cannot run."""
+    ``reference()`` computes the loss in pure PyTorch where Triton cannot run. ``nout`` 2 /
+    ``saved``: a two-term loss (see ``Rows``) whose forward saves that many values per row."""
     rows_view = input.select(-1, 0)  # the row shape, for the checks (a view, no copy)
     if weight is not None and isinstance(weight, torch.Tensor) and weight.dim() == input.dim() \
             and weight.dim() > 0 and weight.shape[-1] == 1:
@@ -112,7 +114,7 @@ def apply_rows(spec: LossSpec, input, target, aux, params: tuple, reduction: str
         target = target.contiguous() if t_cols and target.stride(-1) != 1 else target
         aux = aux.contiguous() if aux is not None and aux.stride(-1) != 1 else aux
     rows = Rows(input.shape[-1], target.shape[-1] if t_cols else 1,
-                aux.shape[-1] if aux is not None else 0, t_cols)
+                aux.shape[-1] if aux is not None else 0, t_cols, nout, saved)
     need_gt = torch.is_grad_enabled() and target.requires_grad
     return _apply_special(spec, input, target, (rows, (), aux), params, reduction, weight,
                           avg_factor, loss_weight, reference, need_gt)
@@ -139,10 +141,10 @@ def _apply_special(spec, input, target, special_call, params, reduction, weight,
     special, floats, aux = special_call
     if torch.compiler.is_compiling():
         tag = 0 if isinstance(special, Render) else 1
-        loss, _, _ = spec.op(input, target, weight, af_tensor, lw_tensor,
-                             [float(p) for p in params], reduction, af_value, lw_value, need_gx,
-                             need_gt, aux, [float(f) for f in floats],
-                             [tag, *(int(v) for v in special)])
+        loss, _, _, _ = spec.op(input, target, weight, af_tensor, lw_tensor,
+                                [float(p) for p in params], reduction, af_value, lw_value,
+                                need_gx, need_gt, aux, [float(f) for f in floats],
+                                [tag, *(int(v) for v in special)])
         return loss
     variant = spec.variant(params, False)
     if need_gx or need_gt:

@@ -114,6 +114,7 @@ FWD = KernelLauncher(K.fused_loss_fwd_kernel, "fused_loss_fwd_kernel")
 FWD_STRIDED = KernelLauncher(K.fused_loss_fwd_strided_kernel, "fused_loss_fwd_strided_kernel")
 FWD_RENDERED = KernelLauncher(K.fused_loss_fwd_rendered_kernel, "fused_loss_fwd_rendered_kernel")
 FWD_ROWS = KernelLauncher(K.fused_row_loss_fwd_kernel, "fused_row_loss_fwd_kernel")
+BWD_ROWS = KernelLauncher(K.fused_row_loss_bwd_kernel, "fused_row_loss_bwd_kernel")
 FINALIZE = KernelLauncher(K.finalize_kernel, "finalize_kernel")
 RESCALE = KernelLauncher(K.rescale_kernel, "rescale_kernel")
 
@@ -225,20 +226,28 @@ class Rows(NamedTuple):
     """A row loss (``fused_row_loss_fwd_kernel``): one value per row of ``kx`` input values
     (input.shape[-1]) against rows of ``kt`` target values (target.shape[-1]; with
     ``t_cols`` False the target holds one value per row, shape input.shape[:-1], and kt is 1)
-    and rows of ``ka`` values of an optional aux tensor (0 without one)."""
+    and rows of ``ka`` values of an optional aux tensor (0 without one). ``nout`` 2: a loss
+    of two terms reduced into two outputs (shape (2,), or (rows..., 2) for "none"), whose
+    forward also saves ``ks`` values per row for the backward (see the row drivers)."""
     kx: int
     kt: int
     ka: int
     t_cols: bool
+    nout: int = 1
+    ks: int = 0
 
 
 def output_meta(input, target, weight, reduction, class_index, rendered: bool = False,
                 rows: Optional[Rows] = None) -> Meta:
     shape = tuple(input.shape)  # the shape of the loss ("none") and of the target's gradient
     loss_shape = shape
+    nout = 1
     if rows is not None:
         loss_shape = shape[:-1]
         shape = loss_shape + ((rows.kt,) if rows.t_cols else ())
+        nout = rows.nout
+        if nout > 1:
+            loss_shape = loss_shape + (nout,)
     if class_index or rendered:
         result = input.dtype
     else:
@@ -249,7 +258,7 @@ def output_meta(input, target, weight, reduction, class_index, rendered: bool = 
     if reduction == "none":
         loss_dtype = result
     else:
-        loss_shape = ()
+        loss_shape = () if nout == 1 else (nout,)
         loss_dtype = torch.float64 if result == torch.float64 else torch.float32
     reduce_dims: tuple = ()
     if not (class_index or rendered) and tuple(target.shape) != shape:
@@ -291,6 +300,8 @@ class ForwardPlan:
     dtypes: tuple  # (input.dtype, target.dtype)
     reduction: str
     input_grad_only: bool  # scalar reduction, gradient for input only, kept in input's dtype
+    nout: int  # outputs (2: a two-term row loss)
+    nout_saved: int  # values per row its forward saves for the backward (0: none)
     rendered: bool  # the target is rendered in the kernel (scalars then carry r0..r3)
     takes_aux: bool  # the driver takes an aux pointer (last); floats r0..r3 follow p0..p3
 
@@ -317,7 +328,8 @@ def forward_plan(spec, variant: int, input, target, weight, reduction: str, af_k
         if len(_PLANS) >= _MAX_PLANS:  # many distinct shapes: start over (plans are cheap)
             _PLANS.clear()
             _RESCALE_PLANS.clear()
-            for launcher in (FWD, FWD_STRIDED, FWD_RENDERED, FWD_ROWS, FINALIZE, RESCALE):
+            for launcher in (FWD, FWD_STRIDED, FWD_RENDERED, FWD_ROWS, BWD_ROWS, FINALIZE,
+                             RESCALE):
                 launcher.forget()
         plan = _PLANS[key] = _build_plan(spec, variant, input, target, weight, reduction, af_kind,
                                          af_tensor, lw_tensor, class_index, need_gx, need_gt,
@@ -394,7 +406,7 @@ def _rows_plan(input, target, weight, rows: Rows, aux, n, denom_mult, rows_per_p
         KX=rows.kx, KT=rows.kt, KA=rows.ka, KXP=triton.next_power_of_2(rows.kx),
         KTP=triton.next_power_of_2(rows.kt), KAP=triton.next_power_of_2(max(rows.ka, 1)),
         X_RC=row_contig[0], T_RC=row_contig[1], W_RC=row_contig[2], A_RC=row_contig[3],
-        ZX=zx, ZT=zt, ZW=zw, ZA=za)
+        ZX=zx, ZT=zt, ZW=zw, ZA=za, NOUT=rows.nout, KS=rows.ks)
 
 
 AF_NONE, AF_VALUE, AF_TENSOR = 0, 1, 2
@@ -423,8 +435,12 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
             # a row's math keeps tens of values alive (CIoU ~60): 1024 elements per program of
             # 4 warps (2 boxes, or half a 16-bin row, per thread) stay within 128 registers
             tile = min(tile, ROW_TILE)
-        block = max(1, tile // triton.next_power_of_2(rows.kx))
-        warps = rt.num_warps(tile)
+        kxp = triton.next_power_of_2(rows.kx)
+        block = max(1, tile // kxp)
+        # wide rows (YOLO: 64 logits) spread a row over many threads, each of which repeats the
+        # row's scalar math (its CIoU): 2 warps halve that repetition (gpuproxy sass, YOLO fp32:
+        # 86 -> 62 instructions per logit, 124 registers); narrow rows keep 4
+        warps = 2 if kxp >= 64 and tile == ROW_TILE else rt.num_warps(tile)
     grid = max(1, triton.cdiv(n, block))
 
     weight_sum, zero_safe, denom_mult = False, False, 1
@@ -438,10 +454,13 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
         denom, zero_safe, weight_sum = K.DENOM_TENSOR, True, True
         denom_mult = n // weight.numel() if weight.numel() else 1
 
+    nout = 1 if rows is None else rows.nout
     if reduction == "none" or grid == 1:
         finalize = K.FINALIZE_SINGLE
+    elif rt._CONFIG["one_launch"] and nout == 1:
+        finalize = K.FINALIZE_TICKET
     else:
-        finalize = K.FINALIZE_TICKET if rt._CONFIG["one_launch"] else K.FINALIZE_PARTIALS
+        finalize = K.FINALIZE_PARTIALS
 
     constexprs: dict[str, Any] = dict(
         MATH=spec.math, VARIANT=variant, HAS_W=weight is not None, T_INDEX=class_index,
@@ -486,7 +505,7 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
         gt_full_dtype = meta.acc_dtype if meta.target_reduce_dims else meta.gt_dtype
     finalize_constexprs = dict(DENOM=denom, ZERO_SAFE=zero_safe,
                                HAS_LW_PTR=lw_tensor is not None, ACC=constexprs["ACC"],
-                               RBLOCK=K.REDUCE_BLOCK)
+                               RBLOCK=K.REDUCE_BLOCK, NOUT=nout)
     return ForwardPlan(meta, launcher, grid, ints, constexprs, warps, denom,
                        weight_sum, reduction != "none" and grid > 1,
                        reduction != "none" and finalize == K.FINALIZE_PARTIALS, copy_operands,
@@ -495,7 +514,8 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
                        finalize == K.FINALIZE_TICKET, bool(rt._CONFIG["poison"]),
                        (ident, 0), (ident, 1), ident, (input.dtype, target.dtype), reduction,
                        reduction != "none" and need_gx and not need_gt
-                       and meta.gx_dtype == input.dtype, render is not None,
+                       and meta.gx_dtype == input.dtype and nout == 1, nout,
+                       rows.ks if rows is not None and nout > 1 else 0, render is not None,
                        launcher is FWD_RENDERED or launcher is FWD_ROWS)
 
 
@@ -511,7 +531,8 @@ def _ticket_counter(device: torch.device) -> torch.Tensor:
 
 def launch_forward(spec, variant, input, target, weight, params, reduction, af_value, af_tensor,
                    lw_value, lw_tensor, class_index, need_gx, need_gt, special_call=None):
-    """Run the fused forward. Returns (loss, G_input or None, G_target or None, plan).
+    """Run the fused forward. Returns (loss, G_input or None, G_target or None, plan, saved):
+    ``saved`` is what a two-output row loss keeps per row for its backward (else None).
 
     ``special_call``: (Render, (r0, r1, r2, r3), aux tensor or None) when the target is
     rendered in the kernel from ``target`` (its per-channel data) instead of read; (Rows, (),
@@ -538,7 +559,10 @@ def launch_forward(spec, variant, input, target, weight, params, reduction, af_v
             gx = (torch.empty_like(input) if plan.gx_like_input
                   else input.new_empty(input.shape, dtype=meta.gx_dtype))
     gt_full = rt.alloc(plan.gt_full_shape, plan.gt_full_dtype, input.device) if need_gt else None
-    partials = rt.alloc((plan.grid,), meta.acc_dtype, input.device) if plan.partials else None
+    partials = (rt.alloc((plan.grid * plan.nout,), meta.acc_dtype, input.device)
+                if plan.partials else None)
+    saved = (rt.alloc(input.shape[:-1] + (plan.nout_saved,), meta.acc_dtype, input.device)
+             if need_gx and plan.nout_saved else None)
     counter = _ticket_counter(input.device) if plan.ticket else None
 
     lw_f = 1.0 if lw_value is None else lw_value
@@ -557,6 +581,8 @@ def launch_forward(spec, variant, input, target, weight, params, reduction, af_v
     if plan.takes_aux:
         kkey = (plan.ident, _aligned(x, t, w, af_tensor, lw_tensor, aux))
         ptrs.append(aux)
+        if plan.launcher is FWD_ROWS:
+            ptrs.append(saved)
         scalars = [plan.ints[0], plan.ints[1], lw_f, *p, *floats, *plan.ints[2:]]
     else:
         kkey = (plan.ident, _aligned(x, t, w, af_tensor, lw_tensor))
@@ -570,7 +596,7 @@ def launch_forward(spec, variant, input, target, weight, params, reduction, af_v
     if need_gt and meta.target_reduce_dims and reduction != "none":
         gt = gt_full.sum(dim=meta.target_reduce_dims, keepdim=True)
         gt = gt.reshape(meta.gt_shape).to(meta.gt_dtype)
-    return out, gx, gt, plan
+    return out, gx, gt, plan, saved
 
 
 # --------------------------------------------------------------------------- rescale
@@ -607,3 +633,22 @@ def rescale(g: torch.Tensor, out: torch.Tensor, go: torch.Tensor, *, ref=None,
             IDX64=blocks * block >= _INT32_LIMIT), rt.num_warps(block))
     grid, ident, scalars, constexprs, warps = entry
     RESCALE(grid, ident, [g, out, go, ref], scalars, constexprs, warps)
+
+
+# --------------------------------------------------------------------------- two-output rows
+
+def row_backward(spec, plan: ForwardPlan, x: torch.Tensor, g: torch.Tensor, out: torch.Tensor,
+                 saved: torch.Tensor, go: torch.Tensor, ref: Optional[torch.Tensor],
+                 spare: torch.Tensor) -> None:
+    """out = beta G + gamma dA for a two-output row loss (``fused_row_loss_bwd_kernel``), with
+    dA rebuilt from the input x and ``saved`` by the loss's ``spec.row_backward``; ``spare``
+    (same shape as G) keeps G when the first backward's second grad_output is 0."""
+    x = x if x.is_contiguous() else x.contiguous()
+    kx = x.shape[-1]
+    rows = plan.constexprs["ROWS"]
+    n = x.numel() // kx
+    key = (plan.ident, "bwd", ref is None, go.dtype, _aligned(x, go, ref))
+    BWD_ROWS(max(1, -(-n // rows)), key, [x, g, out, saved, go, ref, spare], [n], dict(
+        BWD=spec.row_backward, HAS_REF=ref is not None, ACC=plan.constexprs["ACC"], ROWS=rows,
+        KX=kx, KXP=triton.next_power_of_2(kx), KS=plan.nout_saved,
+        IDX64=plan.constexprs["IDX64"]), plan.warps)

@@ -41,20 +41,21 @@ def make_custom_op(spec):
              loss_weight_value: Optional[float], need_input_grad: bool,
              need_target_grad: bool, aux: Optional[torch.Tensor] = None,
              special_floats: Optional[list[float]] = None,
-             special: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             special: Optional[list[int]] = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         descriptor = _special(special)
         class_index = descriptor is None and not target.dtype.is_floating_point
         params = tuple(params)
         special_call = None
         if descriptor is not None:
             special_call = (descriptor, tuple(special_floats), aux)
-        loss, gx, gt, _plan = launch_forward(spec, spec.variant_of(params, class_index), input,
-                                             target, weight, params, reduction, avg_factor_value,
-                                             avg_factor, loss_weight_value, loss_weight,
-                                             class_index, need_input_grad, need_target_grad,
-                                             special_call)
-        empty = input.new_empty(0)
-        return loss, gx if gx is not None else empty, gt if gt is not None else empty
+        loss, gx, gt, _plan, saved = launch_forward(
+            spec, spec.variant_of(params, class_index), input, target, weight, params,
+            reduction, avg_factor_value, avg_factor, loss_weight_value, loss_weight, class_index,
+            need_input_grad, need_target_grad, special_call)
+        def empty(t):  # distinct empty tensors: a custom op's outputs may not alias
+            return t if t is not None else input.new_empty(0)
+        return loss, empty(gx), empty(gt), empty(saved)
 
     op = torch.library.custom_op(f"fusedloss::{spec.name}", impl, mutates_args=())
 
@@ -70,19 +71,34 @@ def make_custom_op(spec):
             gt = input.new_empty(meta.gt_shape, dtype=meta.gt_dtype)
         else:
             gt = input.new_empty((0,))
-        return loss, gx, gt
+        rows = _special(special)
+        saved = input.new_empty((0,))
+        if isinstance(rows, Rows) and rows.nout > 1 and need_input_grad:
+            saved = input.new_empty(tuple(input.shape[:-1]) + (rows.ks,), dtype=meta.acc_dtype)
+        return loss, gx, gt, saved
 
     def setup_context(ctx, inputs, output):
         input, target, weight, _, _, _, reduction, _, _, need_gx, need_gt = inputs[:11]
-        _, gx, gt = output
-        ctx.save_for_backward(gx if need_gx else None, gt if need_gt else None)
-        ctx.meta = _meta(input, target, weight, reduction, inputs[13] if len(inputs) > 13 else None)
+        special = inputs[13] if len(inputs) > 13 else None
+        _, gx, gt, saved = output
+        rows = _special(special)
+        ctx.two_outputs = isinstance(rows, Rows) and rows.nout > 1 and need_gx
+        ctx.save_for_backward(gx if need_gx else None, gt if need_gt else None,
+                              input if ctx.two_outputs else None,
+                              saved if ctx.two_outputs else None)
+        ctx.meta = _meta(input, target, weight, reduction, special)
         ctx.dtypes = (input.dtype, target.dtype)
-        ctx.mark_non_differentiable(gx, gt)
+        ctx.mark_non_differentiable(gx, gt, saved)
 
-    def backward(ctx, go, _unused_gx, _unused_gt):
+    def backward(ctx, go, _unused_gx, _unused_gt, _unused_saved):
         check_first_order()
-        gx, gt = ctx.saved_tensors
+        gx, gt, input, saved = ctx.saved_tensors
+        if ctx.two_outputs:  # beta G + gamma dA for the pair of grad_outputs (out of place)
+            first = spec.row_backward_torch(input.detach(), saved)
+            a, b = go[..., 0:1], go[..., 1:2]
+            if go.dim() == 1:
+                a, b = go[0], go[1]
+            return ((b * gx + (a - b) * first).to(ctx.dtypes[0]),) + (None,) * 13
         grad_x, grad_t = out_of_place_grads(go, gx, gt, *ctx.dtypes, ctx.meta)
         return (grad_x, grad_t) + (None,) * 12
 

@@ -31,6 +31,8 @@ class LossSpec:
     reference_kwargs: dict = field(default_factory=dict)
     allow_class_index: bool = False
     variant: Callable[[tuple, bool], int] = _no_variant
+    row_backward: Any = None  # two-output row losses: @triton.jit (x, saved, KX) -> dA
+    row_backward_torch: Optional[Callable] = None  # the same in torch ops (compile, "none")
     op: Any = None  # the torch.library custom op, set by register_loss
 
     def variant_of(self, params: tuple, t_binary: bool) -> int:
@@ -46,14 +48,18 @@ REGISTRY: dict[str, LossSpec] = {}
 
 def register_loss(name: str, math, reference: Callable, param_names: tuple[str, ...] = (), *,
                   reference_kwargs: Optional[dict] = None, allow_class_index: bool = False,
-                  variant: Optional[Callable[[tuple, bool], int]] = None) -> LossSpec:
-    """Register a loss: returns the callable the public function forwards to."""
+                  variant: Optional[Callable[[tuple, bool], int]] = None, row_backward=None,
+                  row_backward_torch: Optional[Callable] = None) -> LossSpec:
+    """Register a loss: returns the callable the public function forwards to.
+
+    ``row_backward`` / ``row_backward_torch``: for a two-output row loss only (see
+    ``Rows.nout``): the first term's gradient rebuilt from the input and the saved values."""
     from ._library import make_custom_op
 
     if len(param_names) > 4:
         raise ValueError("the engine passes at most 4 hyper-parameters to a loss's math")
     spec = LossSpec(name, math, reference, tuple(param_names), dict(reference_kwargs or {}),
-                    allow_class_index, variant or _no_variant)
+                    allow_class_index, variant or _no_variant, row_backward, row_backward_torch)
     spec = dataclasses.replace(spec, op=make_custom_op(spec))
     REGISTRY[name] = spec
     return spec

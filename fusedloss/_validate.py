@@ -23,6 +23,12 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _finite(value: float) -> bool:
+    """``math.isfinite`` by comparisons: under ``torch.compile`` a float argument can be a
+    symbolic float, on which ``math.isfinite`` is a graph break and comparisons are guards."""
+    return -math.inf < value < math.inf
+
+
 def check_tensor(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -75,7 +81,7 @@ def check_param(name: str, value, *, minimum: float = -math.inf, strict: bool = 
         raise TypeError(f"{name} must be a real Python number, got {type(value).__name__}")
     value = float(value)
     bad = (value <= minimum) if strict else (value < minimum)
-    if not math.isfinite(value) or bad:
+    if not _finite(value) or bad:
         relation = ">" if strict else ">="
         bound = f" and {relation} {minimum:g}" if minimum > -math.inf else ""
         raise ValueError(f"{name} must be finite{bound}, got {value!r}")
@@ -153,7 +159,7 @@ def check_scalar_arg(name: str, value, input: torch.Tensor, *, positive: bool):
         raise TypeError(f"{name} must be a Python number or a one-element tensor, "
                         f"got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0):
+    if not _finite(value) or (positive and value <= 0):
         raise ValueError(f"{name} must be finite{' and > 0' if positive else ''}, got {value!r}")
     return value, None
 
@@ -171,7 +177,7 @@ def check_call(input, target, weight, reduction: str, avg_factor, loss_weight, *
             and target.dtype.is_floating_point and target.shape == input.shape
             and ((input.is_cpu and target.is_cpu) or (input.is_cuda and target.is_cuda and
                                                       input.get_device() == target.get_device()))
-            and math.isfinite(loss_weight)):
+            and _finite(loss_weight)):
         # the common call, every check below passes: the same answer with less host time
         return False, None, None, None, loss_weight, None
     check_tensor("input", input)

@@ -1,5 +1,7 @@
-"""Box regression losses, fused: the IoU family (IoU / GIoU / DIoU / CIoU) and the
-distribution focal loss, as row losses of the engine (one value per box or distribution).
+"""Box regression losses, fused: the IoU family (IoU / GIoU / DIoU / CIoU), the distribution
+focal loss and ultralytics' box loss, as row losses of the engine (one value per box,
+distribution or anchor). mmdet's modules (``IoULoss`` ... ``DistributionFocalLoss``, with
+mmdet's ``avg_factor + eps``) are in :mod:`fusedloss.recipes.mmdet`, exported here as well.
 
 Every loss here has the engine's contract: a per-row ``weight`` (shape broadcastable to the
 rows, ``pred.shape[:-1]``, or to ``pred.shape[:-1] + (1,)``), the four reductions ("mean"
@@ -16,8 +18,8 @@ from typing import Optional, Union
 
 import torch
 
-from ._engine import FusedLossModule, apply_rows, register_loss
-from ._validate import check_flag, check_floating, check_param, check_same_device, check_tensor
+from ._engine import apply_rows, register_loss
+from ._validate import check_floating, check_param, check_same_device, check_tensor
 from .kernels import box as math_
 from .reference import box as ref
 
@@ -175,72 +177,109 @@ def distribution_focal_loss(pred: torch.Tensor, target: torch.Tensor, reduction:
 
 # --------------------------------------------------------------------------- mmdet modules
 
-class _MMDetBoxLoss(torch.nn.Module):
-    """mmdet's box-loss module contract: ``(eps, reduction, loss_weight)`` at construction,
-    ``forward(pred, target, weight=None, avg_factor=None, reduction_override=None)``; a
-    weight of shape (N, 4) is averaged over the 4 coordinates first, as mmdet does. mmdet's
-    formula (``flavor="mmdet"`` in ``fusedloss.reference.box``): see each class."""
-    mode = "giou"
+# --------------------------------------------------------------------------- the YOLO box loss
 
-    def __init__(self, eps: float = 1e-6, reduction: str = "mean", loss_weight: float = 1.0):
-        super().__init__()
-        self.eps, self.reduction, self.loss_weight = eps, reduction, loss_weight
-
-    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
-        reduction = reduction_override if reduction_override else self.reduction
-        if isinstance(weight, torch.Tensor) and weight.dim() > 1 and weight.shape[-1] == 4 \
-                and weight.shape != pred.shape[:-1]:
-            weight = weight.mean(-1)
-        return _box_loss(pred, target, self.mode, "mmdet", reduction, weight, self.eps,
-                         "xyxy", avg_factor, self.loss_weight)
-
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+def _yolo_first_grad_torch(x: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """``kernels.box.yolo_box_first_grad`` in torch ops (torch.compile, "none")."""
+    r = x.shape[-1] // 4
+    p = x.float().view(*x.shape[:-1], 4, r).softmax(-1)
+    bins = torch.arange(r, dtype=p.dtype, device=x.device)
+    dist = (p * bins).sum(-1, keepdim=True)
+    return (saved[..., None] * p * (bins - dist)).view(x.shape).to(saved.dtype)
 
 
-class IoULoss(_MMDetBoxLoss):
-    """mmdet ``IoULoss``: ``ious = bbox_overlaps(pred, target).clamp(min=eps)`` (union
-    ``max(U, eps)``, intersection sides clamped at 0), then ``mode`` "linear" ``1 - ious``,
-    "square" ``1 - ious^2`` or "log" ``-log(ious)`` (mmdet's default)."""
-
-    def __init__(self, linear: bool = False, eps: float = 1e-6, reduction: str = "mean",
-                 loss_weight: float = 1.0, mode: str = "log"):
-        super().__init__(eps, reduction, loss_weight)
-        if check_flag("linear", linear):
-            mode = "linear"
-        mode = _check_choice("mode", mode, ("linear", "square", "log"))
-        self.mode = {"linear": "iou", "square": "iou_square", "log": "iou_log"}[mode]
+_YOLO = register_loss("yolo_box_loss", math_.yolo_box, ref.yolo_box_loss,
+                      ("eps", "lw_iou", "lw_dfl", "clamp_max"),
+                      row_backward=math_.yolo_box_first_grad,
+                      row_backward_torch=_yolo_first_grad_torch)
 
 
-class GIoULoss(_MMDetBoxLoss):
-    """mmdet ``GIoULoss``: ``1 - (IoU - (Cd - Ud) / Cd)`` with ``Ud = max(U, eps)``,
-    ``Cd = max(C, eps)`` (torchvision instead divides by ``U + eps`` and ``C + eps``)."""
-    mode = "giou"
+def yolo_box_loss(pred_dist: torch.Tensor, anchor_points: torch.Tensor,
+                  target_bboxes: torch.Tensor, weight: torch.Tensor, avg_factor: Number, *,
+                  reg_max: int = 16, fg_mask: Optional[torch.Tensor] = None, iou: str = "ciou",
+                  loss_weight: tuple = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """ultralytics ``v8DetectionLoss``'s box part (``BboxLoss`` + ``bbox_decode``) in one
+    kernel over anchors: ``(loss_iou, loss_dfl)``.
 
+    Per anchor: softmax over each side's ``reg_max`` bins -> expected distance ->
+    ``dist2bbox`` (anchor point -+ (l, t), + (r, b)) -> CIoU against the target box in
+    ultralytics' formula (``bbox_iou(..., xywh=False, CIoU=True)``, eps 1e-7); DFL on the same
+    logits against the target's distances (``bbox2dist``, clamped to [0, reg_max - 1.01]),
+    averaged over the 4 sides::
 
-class DIoULoss(_MMDetBoxLoss):
-    """mmdet ``DIoULoss``: ``1 - (IoU - rho^2 / c^2)``, ``IoU = I / (U + eps)``,
-    ``c^2 = cw^2 + ch^2 + eps`` with the enclosing sides clamped at 0."""
-    mode = "diou"
+        loss_iou = sum(weight (1 - CIoU)) / avg_factor * loss_weight[0]
+        loss_dfl = sum(weight DFL) / avg_factor * loss_weight[1]
 
+    over the foreground anchors: ``fg_mask`` (or a zero weight) excludes an anchor, without
+    compaction (no boolean indexing, no ``if fg_mask.sum():``, no host sync). The gradient of
+    both terms flows into ``pred_dist`` (through the decode for CIoU) and is written once by the
+    forward, for grad_outputs (1, 1) after the loss weights: pass ultralytics' ``hyp.box`` and
+    ``hyp.dfl`` as ``loss_weight`` and the backward moves no memory (scaling both by the batch
+    size afterwards is one in-place rescale); other grad_output pairs re-read the logits once.
+    ``target_bboxes`` and ``anchor_points`` get no gradient (from the assigner; pass detached
+    tensors).
 
-class CIoULoss(_MMDetBoxLoss):
-    """mmdet ``CIoULoss``: ``1 - clamp(IoU - (rho^2 / c^2 + alpha v), -1, 1)`` with
-    ``v = 4 / pi^2 (atan(wg / (hg + eps)) - atan(wp / (hp + eps)))^2`` and
-    ``alpha = [IoU > 0.5] v / (1 - IoU + v)`` (no gradient); torchvision's alpha has no
-    ``[IoU > 0.5]`` factor and an eps, and its heights no eps."""
-    mode = "ciou"
+    Args:
+        pred_dist: (B, A, 4 * reg_max) logits, any float dtype (fp32 math); reg_max a power of
+            two (16 in every ultralytics model).
+        anchor_points: (A, 2) anchor centres, in the same grid units as target_bboxes
+            (ultralytics divides the target boxes by the stride before its BboxLoss; so does the
+            caller here).
+        target_bboxes: (B, A, 4) xyxy.
+        weight: (B, A) or (B, A, 1): ``target_scores.sum(-1)``.
+        avg_factor: ``target_scores_sum``, a number or a device tensor (never read on the host).
+        fg_mask: (B, A) bool, or None (every anchor with a non-zero weight counts).
+        iou: "ciou" (ultralytics' choice; the only one).
+        loss_weight: (box, dfl) Python numbers.
 
+    Example::
 
-class DistributionFocalLoss(FusedLossModule):
-    """mmdet ``DistributionFocalLoss(reduction, loss_weight)``; ``forward(pred, target,
-    weight=None, avg_factor=None, reduction_override=None)``."""
-    functional = staticmethod(distribution_focal_loss)
-
-    def __init__(self, reduction: str = "mean", loss_weight: float = 1.0):
-        super().__init__(reduction, loss_weight=loss_weight)
-
-    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
-        reduction = reduction_override if reduction_override else self.reduction
-        return distribution_focal_loss(pred, target, reduction, weight, avg_factor=avg_factor,
-                                       loss_weight=self.loss_weight)
+        >>> import torch, fusedloss
+        >>> pd = torch.randn(2, 50, 64, requires_grad=True)
+        >>> anchors = torch.rand(50, 2) * 20
+        >>> boxes = torch.cat([anchors - 2, anchors + 3], -1).expand(2, 50, 4)
+        >>> scores = torch.rand(2, 50)
+        >>> l_iou, l_dfl = fusedloss.box.yolo_box_loss(pd, anchors, boxes, scores,
+        ...                                            scores.sum().clamp_min(1))
+        >>> (l_iou * 7.5 + l_dfl * 1.5).backward()
+    """
+    _check_choice("iou", iou, ("ciou",))
+    check_tensor("pred_dist", pred_dist)
+    check_floating("pred_dist", pred_dist)
+    if not isinstance(reg_max, int) or reg_max < 2 or reg_max & (reg_max - 1):
+        raise ValueError(f"reg_max must be a power of two >= 2, got {reg_max!r}")
+    if pred_dist.dim() != 3 or pred_dist.shape[-1] != 4 * reg_max:
+        raise ValueError(f"pred_dist must be (B, A, 4 * reg_max) = (B, A, {4 * reg_max}); got "
+                         f"shape {tuple(pred_dist.shape)}")
+    B, A = pred_dist.shape[:2]
+    for name, t, shape in (("anchor_points", anchor_points, (A, 2)),
+                           ("target_bboxes", target_bboxes, (B, A, 4))):
+        check_tensor(name, t)
+        check_same_device(name, t, pred_dist)
+        check_floating(name, t)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}; got {tuple(t.shape)}")
+        if t.requires_grad:
+            raise TypeError(f"{name} gets no gradient from fusedloss but requires grad; pass "
+                            f"{name}.detach()")
+    if fg_mask is not None:
+        check_tensor("fg_mask", fg_mask)
+        check_same_device("fg_mask", fg_mask, pred_dist)
+        if fg_mask.dtype != torch.bool or tuple(fg_mask.shape) != (B, A):
+            raise ValueError(f"fg_mask must be a bool tensor of shape {(B, A)}; got shape "
+                             f"{tuple(fg_mask.shape)}, dtype {fg_mask.dtype}")
+    if not (isinstance(loss_weight, (tuple, list)) and len(loss_weight) == 2):
+        raise TypeError(f"loss_weight must be a pair of numbers (box, dfl), got {loss_weight!r}")
+    lw = tuple(check_param(f"loss_weight[{k}]", v) for k, v in enumerate(loss_weight))
+    if avg_factor is None:
+        raise TypeError("avg_factor is required: ultralytics' target_scores_sum (a tensor is fine)")
+    check_tensor("weight", weight)
+    if fg_mask is not None:  # fold the mask into the per-anchor weight (a zero weight excludes)
+        w = weight.squeeze(-1) if weight.dim() == 3 else weight
+        weight = torch.where(fg_mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    params = (1e-7, lw[0], lw[1], reg_max - 1.01)
+    reference = partial(ref.yolo_box_loss, pred_dist, anchor_points, target_bboxes, weight,
+                        avg_factor, reg_max=reg_max, loss_weight=lw)
+    out = apply_rows(_YOLO, pred_dist, target_bboxes, anchor_points, params, "mean", weight,
+                     avg_factor, 1.0, reference, nout=2, saved=4)
+    return out[0], out[1]

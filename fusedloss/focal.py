@@ -158,9 +158,13 @@ def varifocal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0
              = alpha * |sigmoid(x) - t| ** gamma    where t <= 0
         loss = BCE(x, t) * w
 
-    as mmdet's ``varifocal_loss`` (the weight is not detached) and ultralytics'
-    ``VarifocalLoss`` (``alpha * sigmoid(x)**gamma * (1 - label) + gt * label`` with
-    ``label = gt > 0``; its ``.mean(1).sum()`` is ``reduction="sum"`` divided by C).
+    as mmdet's ``varifocal_loss`` (the weight is not detached). Ultralytics'
+    ``VarifocalLoss(pred, gt, label)`` (``alpha * sigmoid(x)**gamma * (1 - label) + gt *
+    label``) equals this loss only where ``label == (gt > 0)``: it takes the label separately,
+    so a matched entry whose IoU is exactly 0 has weight 0 there and is a negative here; its
+    ``.mean(1).sum()`` is ``reduction="sum"`` divided by ``inputs.shape[1]`` (C for (N, C)
+    scores, but the number of queries nq for RT-DETR's (B, nq, C)).
+    :class:`fusedloss.recipes.ultralytics.VarifocalLoss` is the drop-in for both.
     ``gamma`` must be finite and >= 0, ``alpha`` any finite number. Float targets only.
     {common}
     Example::

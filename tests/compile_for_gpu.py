@@ -100,6 +100,16 @@ def cases():
     dist = lambda: (torch.randn(64, 16, requires_grad=True), torch.rand(64) * 14)  # noqa: E731
     yield fl.distribution_focal_loss, {"reduction": "mean"}, dist
     yield fl.distribution_focal_loss, {"reduction": "none", "clamp_max": 14.99}, dist
+    anchors = torch.rand(40, 2) * 20
+    yolo_t = torch.cat([anchors - 2, anchors + 3], -1).expand(2, 40, 4)
+
+    def yolo_box_loss(x, t, **k):  # t unused: the anchors' target boxes are yolo_t
+        return torch.stack(fl.box.yolo_box_loss(x.view(2, 40, 64), anchors, yolo_t, t, **k))
+    for dtype in (f32, bf16):
+        yield yolo_box_loss, {"avg_factor": torch.tensor(7.0), "fg_mask": torch.rand(2, 40) > 0.5,
+                              "loss_weight": (7.5, 1.5)}, \
+            lambda dtype=dtype: (torch.randn(5120, dtype=dtype, requires_grad=True),
+                                 torch.rand(2, 40))
     kp, vis = torch.rand(4, 8, 2) * 8, torch.ones(4, 8)
     for loss, extra in (("mse", {}), ("huber", {}), ("shrinkage", {}), ("gaussian_focal", {}),
                         ("gaussian_focal", {"from_logits": True, "alpha": 1.5})):
@@ -171,6 +181,17 @@ def scenarios():
 
     yield "boxes ciou (16, 8400)", lambda: yolo_like("ciou"), 1
     yield "boxes giou (16, 8400)", lambda: yolo_like("giou"), 1
+    def yolo_box(dtype):  # ultralytics' box loss: (16, 8400) anchors x 4 sides x 16 bins
+        anchors = torch.rand(8400, 2) * 80
+        c, wh = anchors + torch.randn(16, 8400, 2), torch.rand(16, 8400, 2) * 10 + 1
+        scores = torch.rand(16, 8400) * (torch.rand(16, 8400) < 0.1)
+        l_iou, l_dfl = fl.box.yolo_box_loss(leaf(16, 8400, 64, dtype=dtype), anchors,
+                                            torch.cat([c - wh, c + wh], -1), scores,
+                                            scores.sum().clamp_min(1), loss_weight=(7.5, 1.5))
+        ((l_iou + l_dfl) * 16).backward()
+
+    yield "yolo box loss fp32 (16, 8400, 64)", lambda: yolo_box(f32), 1
+    yield "yolo box loss bf16 (16, 8400, 64)", lambda: yolo_box(bf16), 1
     yield "dfl (16*8400*4, 16)", lambda: fl.distribution_focal_loss(
         leaf(16 * 8400, 4, 16), torch.rand(16 * 8400, 4) * 14.9).backward(), 2
     yield "heatmap mse A=1", lambda: heatmaps(1), 4

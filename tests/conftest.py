@@ -38,6 +38,25 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(diff / scale)
 
 
+# the Tensor methods that read a device value on the host (a sync on a GPU)
+HOST_SYNCS = ("item", "__bool__", "tolist", "__float__", "__int__", "__index__", "numpy",
+              "nonzero")
+
+
+def trap_host_syncs(monkeypatch, names=HOST_SYNCS) -> list:
+    """Patch each Tensor method in ``names`` to record its name in the returned list (and still
+    work); ``monkeypatch.undo()`` ends the trap."""
+    calls = []
+    for name in names:
+        original = getattr(torch.Tensor, name)
+
+        def trap(self, *a, _name=name, _orig=original, **k):
+            calls.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, trap)
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     # fresh but reproducible random inputs per test

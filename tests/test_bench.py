@@ -82,6 +82,12 @@ def test_sanitize_and_sizes():
 
 # --------------------------------------------------------------------------- registry
 
+def _double(t):
+    if isinstance(t, tuple):
+        return tuple(_double(v) for v in t)
+    return t.double() if t.dtype.is_floating_point else t
+
+
 @pytest.mark.parametrize("case", bench.CASES, ids=lambda c: c.name)
 def test_registry_eager_matches_fused(case):
     """The eager composition and the fused call compute the same loss and input gradient
@@ -95,9 +101,10 @@ def test_registry_eager_matches_fused(case):
     for weight in bench.WEIGHTS:
         x, t, w = case.make_inputs(1024, torch.float32, weight, DEVICE, gen)
         x = x.double().requires_grad_(True)
-        t = t.double()
+        t = _double(t)  # a tensor, or a tuple of them (keypoints and visibility, anchors...)
         w = w if w is None or w.dtype == torch.bool else w.double()
-        assert x.abs().sum() > 0 and t.abs().sum() > 0  # never zeros
+        assert x.abs().sum() > 0  # never zeros
+        assert all(v.double().abs().sum() > 0 for v in (t if isinstance(t, tuple) else (t,)))
         le = eager(x, t, w)
         (ge,) = torch.autograd.grad(le, x)
         lf = fused(x, t, w)

@@ -15,7 +15,8 @@ import fusedloss as fl
 from fusedloss import box as B
 from fusedloss import runtime
 from fusedloss.reference import box as R
-from conftest import DEVICE, REL_TOL, rel_err
+from fusedloss.bench._registry import ultralytics_box_loss
+from conftest import DEVICE, REL_TOL, rel_err, trap_host_syncs
 
 F64 = torch.float64
 MODES = ["iou", "giou", "diou", "ciou"]
@@ -212,6 +213,22 @@ def test_gradcheck_float64(mode):
                                     eps=1e-7, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode,flavor", [(m, f) for m in MODES for f in ("torchvision", "mmdet")]
+                         + [("ciou", "ultralytics")])
+def test_float64_values_and_gradients_match_reference(mode, flavor):
+    """float64 runs the kernels' float64 branches (CIoU's atan series among them): values and
+    gradients of pred and target as the float64 reference's, to rounding."""
+    p, g = _pairs(64)
+    x, t = p.clone().requires_grad_(True), g.clone().requires_grad_(True)
+    out = B._box_loss(x, t, mode, flavor, "none", None, 1e-7, "xyxy", None, 1.0)
+    x64, t64 = p.clone().requires_grad_(True), g.clone().requires_grad_(True)
+    want = R.box_iou_loss(x64, t64, mode, "none", eps=1e-7, flavor=flavor)
+    assert rel_err(out, want) <= 1e-12
+    go = torch.rand_like(want)
+    for a, b in zip(torch.autograd.grad(out, (x, t), go), torch.autograd.grad(want, (x64, t64), go)):
+        assert rel_err(a, b) <= 1e-12
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 def test_random_and_degenerate_boxes_stay_finite(mode, dtype):
@@ -266,12 +283,18 @@ def test_mmdet_modules(module, mode):
     g = p + (g - p) * 0.3  # IoU > 0.5 for many: CIoU's alpha active
     w = torch.rand(40, 4, device=DEVICE)  # mmdet averages an (N, 4) weight over coordinates
     x = p.float().requires_grad_(True)
-    out = module(x, g.float(), w, avg_factor=9.0, reduction_override="mean")
-    x64 = p.clone().requires_grad_(True)
-    want = R.box_iou_loss(x64, g, mode, "mean", w.double().mean(-1), eps=1e-6, avg_factor=9.0,
-                          flavor="mmdet")
-    assert rel_err(out, want) <= 4e-6
-    assert rel_err(torch.autograd.grad(out, x)[0], torch.autograd.grad(want, x64)[0]) <= 4e-6
+    # mmdet 3.x weight_reduce_loss: sum / (avg_factor + float32 eps); a tiny avg_factor shows it
+    for af in (9.0, torch.tensor(1e-6, device=DEVICE)):
+        out = module(x, g.float(), w, avg_factor=af, reduction_override="mean")
+        x64 = p.clone().requires_grad_(True)
+        want = R.box_iou_loss(x64, g, mode, "mean", w.double().mean(-1), eps=1e-6,
+                              avg_factor=float(af) + torch.finfo(torch.float32).eps,
+                              flavor="mmdet")
+        assert rel_err(out, want) <= 4e-6
+        assert rel_err(torch.autograd.grad(out, x)[0], torch.autograd.grad(want, x64)[0]) <= 4e-6
+    # "none" with avg_factor: the per-box loss, avg_factor ignored (mmdet)
+    none = module(x, g.float(), avg_factor=9.0, reduction_override="none")
+    assert rel_err(none, R.box_iou_loss(p, g, mode, "none", eps=1e-6, flavor="mmdet")) <= 4e-6
 
 
 def test_ultralytics_ciou_flavour():
@@ -340,20 +363,107 @@ def test_dfl_gradient_is_softmax_minus_two_hot():
     assert rel_err(g, torch.softmax(x.detach().double(), -1) - two_hot.to(DEVICE)) <= 1e-6
 
 
+# ----------------------------------------------------------------- ultralytics' box loss
+# ultralytics_box_loss: bbox_decode + BboxLoss.forward transcribed (boolean indexing, DFLoss from
+# two cross-entropies); the benchmark's eager baseline is the same transcription.
+
+def _yolo_batch(b=2, a=203, reg_max=16, classes=5, fg_rate=0.3, dtype=torch.float32):
+    """A batch as the assigner hands it over: targets near the anchors (some beyond reg_max - 1
+    bins: clamped), soft scores, a foreground mask; pred_dist logits in ``dtype``."""
+    anchors = (torch.rand(a, 2, dtype=F64) * 40).to(DEVICE)
+    centre = anchors + torch.randn(b, a, 2, dtype=F64, device=DEVICE) * 1.5
+    wh = torch.rand(b, a, 2, dtype=F64, device=DEVICE) * 20 + 0.5
+    boxes = torch.cat([centre - wh / 2, centre + wh / 2], -1)
+    fg = torch.rand(b, a, device=DEVICE) < fg_rate
+    scores = torch.rand(b, a, classes, dtype=F64, device=DEVICE) * fg[..., None]
+    pred = (torch.randn(b, a, 4 * reg_max, dtype=F64, device=DEVICE) * 2).to(dtype)
+    return pred, anchors, boxes, scores, fg
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("go", [(1.0, 1.0), (7.5, 1.5), "random"])
+def test_yolo_box_loss_equals_ultralytics_transcription(dtype, go):
+    pred, anchors, boxes, scores, fg = _yolo_batch(dtype=dtype)
+    tss = scores.sum().clamp_min(1)
+    x = pred.clone().requires_grad_(True)
+    l_iou, l_dfl = B.yolo_box_loss(x, anchors.float(), boxes.float(), scores.sum(-1).float(),
+                                   tss.float(), fg_mask=fg)
+    x64 = pred.double().requires_grad_(True)
+    w_iou, w_dfl = ultralytics_box_loss(x64, anchors, boxes, scores, tss, fg)
+    tol = 2e-6 if dtype == torch.float32 else 2e-3  # bf16: the logits are bf16 in both
+    assert l_iou.dtype == l_dfl.dtype == torch.float32 and l_iou.shape == l_dfl.shape == ()
+    assert rel_err(l_iou, w_iou) <= tol and rel_err(l_dfl, w_dfl) <= tol
+    a, b = (torch.rand(2).tolist() if go == "random" else go)
+    g, = torch.autograd.grad(l_iou * a + l_dfl * b, x)
+    want, = torch.autograd.grad(w_iou * a + w_dfl * b, x64)
+    assert g.dtype == dtype
+    assert rel_err(g, want) <= (4e-6 if dtype == torch.float32 else 8e-3)
+    assert torch.all(g[~fg] == 0)  # background anchors: no gradient, whatever their scores
+
+
+def test_yolo_box_loss_graph_retained_and_terms_alone():
+    """The forward writes the gradient for (1, 1) after the loss weights; other grad_output
+    pairs (one term alone, a second backward through a retained graph, after an in-place rescale
+    of that gradient) rebuild the split exactly."""
+    pred, anchors, boxes, scores, fg = _yolo_batch(a=90)
+    w, tss = scores.sum(-1).float(), scores.sum().clamp_min(1)
+    x = pred.float().requires_grad_(True)
+    out = B.yolo_box_loss(x, anchors.float(), boxes.float(), w, tss, fg_mask=fg,
+                          loss_weight=(7.5, 1.5))
+    x64 = pred.clone().requires_grad_(True)
+    ref = R.yolo_box_loss(x64, anchors, boxes, torch.where(fg, scores.sum(-1), 0), tss,
+                          loss_weight=(7.5, 1.5))
+    for a, b in [(1.0, 0.0), (0.0, 1.0), (16.0, 16.0), (1.0, 1.0), (0.5, 3.0)]:
+        g, = torch.autograd.grad(out[0] * a + out[1] * b, x, retain_graph=True)
+        want, = torch.autograd.grad(ref[0] * a + ref[1] * b, x64, retain_graph=True)
+        assert rel_err(g, want) <= 4e-6, (a, b)
+    for k in range(2):  # one output alone: the other's grad_output is None
+        x.grad = None
+        out[k].backward(retain_graph=True)
+        want, = torch.autograd.grad(ref[k], x64, retain_graph=True)
+        assert rel_err(x.grad, want) <= 4e-6
+
+
+def test_yolo_box_loss_mask_weight_layouts_and_no_sync(monkeypatch):
+    pred, anchors, boxes, scores, fg = _yolo_batch(a=64)
+    w = scores.sum(-1).float() + 0.5  # non-zero on background anchors too: fg_mask must exclude
+    tss = torch.tensor(11.0, device=DEVICE)
+    x = pred.float().requires_grad_(True)
+    calls = trap_host_syncs(monkeypatch)
+    l_iou, l_dfl = B.yolo_box_loss(x, anchors.float(), boxes.float(), w[..., None], tss,
+                                   fg_mask=fg, loss_weight=(7.5, 1.5))
+    (l_iou + l_dfl).backward()
+    monkeypatch.undo()
+    assert calls == []
+    x64 = pred.clone().requires_grad_(True)
+    ref = R.yolo_box_loss(x64, anchors, boxes, torch.where(fg, w.double(), 0), tss.double(),
+                          loss_weight=(7.5, 1.5))
+    assert rel_err(torch.stack([l_iou, l_dfl]), ref) <= 2e-6
+    assert rel_err(x.grad, torch.autograd.grad(ref.sum(), x64)[0]) <= 4e-6
+    # without fg_mask, a zero weight is what excludes an anchor: same result
+    w0 = torch.where(fg, w, 0.0)
+    again = B.yolo_box_loss(pred.float(), anchors.float(), boxes.float(), w0, tss,
+                            loss_weight=(7.5, 1.5))
+    assert rel_err(torch.stack(again), ref) <= 2e-6
+
+
+def test_yolo_box_loss_no_foreground_is_zero():
+    pred, anchors, boxes, scores, _ = _yolo_batch(a=20)
+    x = pred.float().requires_grad_(True)
+    fg = torch.zeros(2, 20, dtype=torch.bool, device=DEVICE)
+    l_iou, l_dfl = B.yolo_box_loss(x, anchors.float(), boxes.float(), scores.sum(-1).float(),
+                                   1.0, fg_mask=fg)
+    (l_iou + l_dfl).backward()
+    assert l_iou.item() == 0.0 and l_dfl.item() == 0.0 and torch.all(x.grad == 0)
+
+
 # ----------------------------------------------------------------- launches, errors, compile
 
 def test_one_launch_forward_and_no_sync(monkeypatch):
     p, g = _pairs(100)
     x = p.float().requires_grad_(True)
     af = torch.tensor(3.0, device=DEVICE)
-    calls = []
-    for name in ("item", "__bool__", "tolist", "__float__", "__int__", "__index__", "numpy"):
-        original = getattr(torch.Tensor, name)
-
-        def trap(self, *a, _name=name, _orig=original, **k):
-            calls.append(_name)
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, trap)
+    calls = trap_host_syncs(monkeypatch)
     before = runtime.launch_counts()
     loss = fl.box_iou_loss(x, g.float(), "ciou", "mean", avg_factor=af, loss_weight=0.5)
     loss.backward()
@@ -382,6 +492,28 @@ def test_compile_fullgraph_matches_eager():
     g_want = torch.autograd.grad(want, (x, logits))
     assert rel_err(got, want) <= 1e-6
     assert all(rel_err(a, b) <= 1e-6 for a, b in zip(g_got, g_want))
+
+
+@pytest.mark.compile
+def test_compile_fullgraph_yolo_box_loss():
+    pred, anchors, boxes, scores, fg = _yolo_batch(a=50)
+    x = pred.float().requires_grad_(True)
+    w, tss = scores.sum(-1).float(), scores.sum().clamp_min(1).float()
+
+    def step(x):
+        l_iou, l_dfl = B.yolo_box_loss(x, anchors.float(), boxes.float(), w, tss, fg_mask=fg,
+                                       loss_weight=(7.5, 1.5))
+        return (l_iou * 2.0 + l_dfl) * 16
+
+    torch._dynamo.reset()
+    got = torch.compile(step, backend="aot_eager", fullgraph=True)(x)
+    g_got, = torch.autograd.grad(got, x)
+    x64 = pred.clone().requires_grad_(True)
+    ref = R.yolo_box_loss(x64, anchors, boxes, torch.where(fg, scores.sum(-1), 0), tss.double(),
+                          loss_weight=(7.5, 1.5))
+    want = (ref[0] * 2.0 + ref[1]) * 16
+    assert rel_err(got, want) <= 2e-6
+    assert rel_err(g_got, torch.autograd.grad(want, x64)[0]) <= 4e-6
 
 
 @pytest.mark.parametrize("call,error,match", [

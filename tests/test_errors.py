@@ -11,6 +11,7 @@ import torch
 
 import fusedloss as fl
 from fusedloss import _engine
+from fusedloss.recipes import cotracker as CT, deeplabcut as DLC, mmdet as MM, ultralytics as UL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- bad-inputs:begin -->", "<!-- bad-inputs:end -->"
@@ -19,6 +20,15 @@ BEGIN, END = "<!-- bad-inputs:begin -->", "<!-- bad-inputs:end -->"
 x = torch.zeros(4, 3)
 t = torch.zeros(4, 3)
 cls = torch.zeros(4, dtype=torch.long)
+tracks = torch.zeros(1, 3, 5, 2)  # CoTracker (B, T, N, 2)
+vis = torch.ones(1, 3, 5, dtype=torch.bool)
+heat = torch.zeros(2, 3, 4, 4)  # DeepLabCut (B, K, H, W)
+kps = torch.zeros(2, 3, 2)  # keypoints (B, K, 2)
+boxes = torch.zeros(4, 4)
+dist = torch.zeros(2, 5, 64)  # YOLO pred_dist (B, A, 4 * 16)
+anchors = torch.zeros(5, 2)
+yolo_boxes = torch.zeros(2, 5, 4)
+scores = torch.zeros(2, 5)
 
 # (what the user did, argument named in the message, exception, call)
 BAD_INPUTS = [
@@ -66,6 +76,100 @@ BAD_INPUTS = [
     ("float class indices of shape input.shape[:-1]", "target", ValueError,
      lambda: fl.sigmoid_focal_loss(x, cls.float())),
     ("integer targets for QFL", "target", TypeError, lambda: fl.quality_focal_loss(x, cls)),
+    # heatmaps rendered in the kernel
+    ("heatmap pred not (B, K, H, W)", "pred", ValueError,
+     lambda: fl.heatmap_loss(heat[0], kps, sigma=2.0)),
+    ("heatmap keypoints not (B, K, 2) / (B, K, A, 2)", "keypoints", ValueError,
+     lambda: fl.heatmap_loss(heat, kps[..., :1], sigma=2.0)),
+    ("heatmap visibility of another shape", "visibility", ValueError,
+     lambda: fl.heatmap_loss(heat, kps, torch.ones(2, 2), sigma=2.0)),
+    ("heatmap keypoints that require grad", "keypoints", TypeError,
+     lambda: fl.heatmap_loss(heat, kps.clone().requires_grad_(), sigma=2.0)),
+    ("heatmap sigma <= 0", "sigma", ValueError, lambda: fl.heatmap_loss(heat, kps, sigma=0.0)),
+    ("heatmap unknown loss", "loss", ValueError,
+     lambda: fl.heatmap_loss(heat, kps, sigma=2.0, loss="l1")),
+    ("heatmap unknown render", "render", ValueError,
+     lambda: fl.heatmap_loss(heat, kps, sigma=2.0, render="disk")),
+    ("heatmap parameter of another loss", "loss", TypeError,
+     lambda: fl.heatmap_loss(heat, kps, sigma=2.0, loss="mse", delta=1.0)),
+    ("heatmap from_logits for a loss on values", "from_logits", ValueError,
+     lambda: fl.heatmap_loss(heat, kps, sigma=2.0, loss="huber", from_logits=True)),
+    # boxes
+    ("boxes whose last dim is not 4", "pred", ValueError, lambda: fl.box_iou_loss(x, t)),
+    ("box target of another shape", "target", ValueError,
+     lambda: fl.box_iou_loss(boxes, boxes[:2])),
+    ("integer boxes", "target", TypeError, lambda: fl.box_iou_loss(boxes, boxes.long())),
+    ("unknown IoU mode", "mode", ValueError, lambda: fl.box_iou_loss(boxes, boxes, "wiou")),
+    ("unknown box_format", "box_format", ValueError,
+     lambda: fl.box_iou_loss(boxes, boxes, box_format="yxyx")),
+    ("mmdet IoULoss unknown mode", "mode", ValueError, lambda: fl.IoULoss(mode="cube")),
+    ("DFL target not pred.shape[:-1]", "target", ValueError,
+     lambda: fl.distribution_focal_loss(x, t)),
+    ("YOLO pred_dist not (B, A, 4 reg_max)", "pred_dist", ValueError,
+     lambda: fl.box.yolo_box_loss(dist[..., :60], anchors, yolo_boxes, scores, 1.0)),
+    ("YOLO reg_max not a power of two", "reg_max", ValueError,
+     lambda: fl.box.yolo_box_loss(dist[..., :48], anchors, yolo_boxes, scores, 1.0, reg_max=12)),
+    ("YOLO anchor_points not (A, 2)", "anchor_points", ValueError,
+     lambda: fl.box.yolo_box_loss(dist, anchors[:2], yolo_boxes, scores, 1.0)),
+    ("YOLO fg_mask not bool (B, A)", "fg_mask", ValueError,
+     lambda: fl.box.yolo_box_loss(dist, anchors, yolo_boxes, scores, 1.0, fg_mask=scores)),
+    ("YOLO target_bboxes that require grad", "target_bboxes", TypeError,
+     lambda: fl.box.yolo_box_loss(dist, anchors, yolo_boxes.clone().requires_grad_(), scores, 1.0)),
+    ("YOLO avg_factor missing", "avg_factor", TypeError,
+     lambda: fl.box.yolo_box_loss(dist, anchors, yolo_boxes, scores, None)),
+    ("YOLO loss_weight not a (box, dfl) pair", "loss_weight", TypeError,
+     lambda: fl.box.yolo_box_loss(dist, anchors, yolo_boxes, scores, 1.0, loss_weight=7.5)),
+    # fusedloss.recipes
+    ("CoTracker preds neither a tensor nor a list", "preds", TypeError,
+     lambda: CT.cotracker_sequence_loss("tracks", tracks, vis)),
+    ("CoTracker preds tensor that is not (I, B, T, N, D)", "preds", ValueError,
+     lambda: CT.cotracker_sequence_loss(tracks, tracks, vis)),
+    ("CoTracker empty preds list", "preds", ValueError,
+     lambda: CT.cotracker_sequence_loss([], tracks, vis)),
+    ("CoTracker iterations of different shapes", "preds", ValueError,
+     lambda: CT.cotracker_sequence_loss([tracks, tracks[:, :2]], tracks, vis)),
+    ("CoTracker gt of another shape", "gt", ValueError,
+     lambda: CT.cotracker_sequence_loss([tracks], tracks[..., :1], vis)),
+    ("CoTracker vis with a coordinate dim", "vis", ValueError,
+     lambda: CT.cotracker_sequence_loss([tracks], tracks, vis[..., None])),
+    ("CoTracker valid that requires grad", "valid", TypeError,
+     lambda: CT.cotracker_sequence_loss([tracks], tracks, vis, vis.float().requires_grad_())),
+    ("CoTracker unknown term loss", "occluded", ValueError,
+     lambda: CT.cotracker_sequence_loss([tracks], tracks, vis, occluded="l2")),
+    ("CoTracker gamma < 0", "gamma", ValueError,
+     lambda: CT.cotracker_sequence_loss([tracks], tracks, vis, gamma=-0.8)),
+    ("DeepLabCut weights neither a tensor nor a number", "weights", TypeError,
+     lambda: DLC.WeightedMSECriterion()(heat, heat, [1.0])),
+    ("DeepLabCut weights that would grow the heatmaps", "weights", ValueError,
+     lambda: DLC.WeightedHuberCriterion()(heat, heat, torch.ones(3, 2, 3, 1, 1))),
+    ("heatmap_weights visibility of 4 dims", "visibility", ValueError,
+     lambda: DLC.heatmap_weights(heat.long(), gradient_masking=True, background_weight=0.0)),
+    ("heatmap_weights bool visibility", "visibility", TypeError,
+     lambda: DLC.heatmap_weights(vis[0], gradient_masking=False, background_weight=0.0)),
+    ("ultralytics VarifocalLoss scores without a dim 1", "pred_score", ValueError,
+     lambda: UL.VarifocalLoss()(x[0], t[0], t[0])),
+    ("ultralytics VarifocalLoss label of another shape", "label", ValueError,
+     lambda: UL.VarifocalLoss()(x, t, cls)),
+    ("ultralytics FocalLoss per-class alpha tensor", "alpha", TypeError,
+     lambda: UL.FocalLoss(alpha=torch.tensor([0.25, 0.5, 0.75]))),
+    ("yolo_cls_loss targets of another shape", "target_scores", ValueError,
+     lambda: UL.yolo_cls_loss(x, t[:2])),
+    ("mmdet unknown reduction_override", "reduction_override", ValueError,
+     lambda: MM.L1Loss()(x, t, reduction_override="avg")),
+    ("mmdet avg_factor with reduction 'sum'", "avg_factor", ValueError,
+     lambda: MM.FocalLoss(reduction="sum")(x, cls, avg_factor=2.0)),
+    ("mmdet use_sigmoid=False", "use_sigmoid", ValueError,
+     lambda: MM.QualityFocalLoss(use_sigmoid=False)),
+    ("mmdet FocalLoss alpha < 0", "alpha", ValueError, lambda: MM.FocalLoss(alpha=-0.25)),
+    ("mmdet FocalLoss weight neither (N,), (N*C,) nor (N, C)", "weight", ValueError,
+     lambda: MM.FocalLoss()(x, cls, torch.ones(5))),
+    ("mmdet QFL target of three tensors", "target", ValueError,
+     lambda: MM.QualityFocalLoss()(x, (cls, t[:, 0], t[:, 0]))),
+    ("mmdet QFL label of another shape", "label", ValueError,
+     lambda: MM.QualityFocalLoss()(x, (cls[:2], t[:, 0]))),
+    ("mmdet VarifocalLoss target of another shape", "target", ValueError,
+     lambda: MM.VarifocalLoss()(x, t[:, :1])),
+    ("mmdet SmoothL1Loss beta 0", "beta", ValueError, lambda: MM.SmoothL1Loss(beta=0.0)),
 ]
 
 

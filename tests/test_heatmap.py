@@ -12,7 +12,7 @@ import torch
 import fusedloss as fl
 from fusedloss import _launch, runtime
 from fusedloss.reference import heatmap as R
-from conftest import DEVICE, REL_TOL, rel_err
+from conftest import DEVICE, REL_TOL, rel_err, trap_host_syncs
 
 F64 = torch.float64
 
@@ -280,14 +280,7 @@ def test_no_host_sync(monkeypatch):
     pred, kp, vis, render = _case("gaussian_focal", torch.float32)
     x = pred.detach().requires_grad_(True)
     af = torch.tensor(5.0, device=DEVICE)
-    calls = []
-    for name in ("item", "__bool__", "tolist", "__float__", "__int__", "__index__", "numpy"):
-        original = getattr(torch.Tensor, name)
-
-        def trap(self, *a, _name=name, _orig=original, **k):
-            calls.append(_name)
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, trap)
+    calls = trap_host_syncs(monkeypatch)
     loss = fl.heatmap_loss(x, kp, vis, **render, loss="gaussian_focal", avg_factor=af,
                            loss_weight=torch.tensor(0.5, device=DEVICE))
     loss.backward(torch.tensor(2.0, device=DEVICE))

@@ -292,7 +292,6 @@ def measure_impl(fn, sets, timed_modes, cfg, timer, device, gos, ref) -> dict:
 
 def build_rows(case: Case, n: int, dtype: str, weight: str, cfg: dict, measures: dict,
                labels: dict, copy_gbps: Optional[float], device: torch.device) -> list:
-    from ._registry import input_shape
     rows = []
     tol = CHECK_TOL[dtype]
     for mode in cfg["modes"]:
@@ -302,7 +301,7 @@ def build_rows(case: Case, n: int, dtype: str, weight: str, cfg: dict, measures:
                 continue
             floor, io = case.bytes_model(mode, n, DTYPES[dtype], weight)
             row = dict.fromkeys(_report.ROW_KEYS)
-            row.update(loss=case.name, n=n, shape=list(input_shape(n)), dtype=dtype,
+            row.update(loss=case.name, n=n, shape=list(case.shape(n)), dtype=dtype,
                        weight=weight, mode=mode, impl=impl, impl_label=labels[impl],
                        floor_bytes=floor, floor_bytes_per_element=floor / n, io=io)
             if m.get("error"):

@@ -90,17 +90,18 @@ def _atan_unit(u):
     if u.dtype == tl.float64:  # two half-angle steps to u <= tan(pi/16), then the series
         u = u / (1.0 + tl.sqrt(1.0 + u * u))
         u = u / (1.0 + tl.sqrt(1.0 + u * u))
+        # atan(u) = u sum_k (-s)^k / (2k + 1), s = u^2 <= tan(pi/16)^2 < 0.04: the terms to
+        # k = 10 leave s^11 / 23 < 2e-17
         s = u * u
-        p = s * (-1.0 / 21.0) + 1.0 / 19.0
-        p = p * s - 1.0 / 17.0
-        p = p * s + 1.0 / 15.0
-        p = p * s - 1.0 / 13.0
-        p = p * s + 1.0 / 11.0
-        p = p * s - 1.0 / 9.0
-        p = p * s + 1.0 / 7.0
-        p = p * s - 1.0 / 5.0
-        p = p * s + 1.0 / 3.0
-        p = p * s - 1.0
+        p = s * (1.0 / 21.0) - 1.0 / 19.0
+        p = p * s + 1.0 / 17.0
+        p = p * s - 1.0 / 15.0
+        p = p * s + 1.0 / 13.0
+        p = p * s - 1.0 / 11.0
+        p = p * s + 1.0 / 9.0
+        p = p * s - 1.0 / 7.0
+        p = p * s + 1.0 / 5.0
+        p = p * s - 1.0 / 3.0
         p = p * s + 1.0
         return 4.0 * u * p
     else:
@@ -385,3 +386,64 @@ def distribution_focal(x, t, a, clamp_max, p1, p2, p3, VARIANT: tl.constexpr,
     if VARIANT == 1:
         dt = tl.where(clamped, 0.0, dt)
     return loss, dx, tl.zeros_like(t) + dt[:, None]
+
+
+@triton.jit
+def _side_softmax(x, R: tl.constexpr):
+    """Per side of a (ROWS, 4 R) tile of logits: (x as (ROWS, 4, R), softmax p, expected bin
+    sum_j j p_j, logsumexp)."""
+    x3 = tl.reshape(x, [x.shape[0], 4, R])
+    m = tl.max(x3, axis=2)
+    e = tl.exp2((x3 - m[:, :, None]) * LOG2E)
+    s = tl.sum(e, axis=2)
+    p = e * fast_rcp(s)[:, :, None]
+    bins = tl.arange(0, R).to(x.dtype)
+    dist = tl.sum(p * bins[None, None, :], axis=2)
+    lse = m + fast_log2(s) * LN2
+    return x3, p, dist, lse
+
+
+@triton.jit
+def yolo_box(x, t, a, eps, lw_iou, lw_dfl, clamp_max, VARIANT: tl.constexpr, KX: tl.constexpr,
+             KT: tl.constexpr, KA: tl.constexpr):
+    """ultralytics' box loss per anchor: two outputs (NOUT 2), (1 - CIoU) and DFL.
+
+    x (ROWS, 4 R): the anchor's distribution logits, sides l, t, r, b; t (ROWS, 4): the target
+    box xyxy; a (ROWS, 2): the anchor point (grid units, as the target). Decode: per side
+    d = sum_j j softmax(x)_j, box = (ax - d_l, ay - d_t, ax + d_r, ay + d_b); CIoU in
+    ultralytics' formula (flavour 2). DFL against the target's distances (bbox2dist,
+    clamped to [0, clamp_max]), the mean over the 4 sides. Gradient:
+
+        dx = lw_iou g_d p (j - d) + lw_dfl (p - q) / 4   (g_d: dL_iou / d side distance)
+
+    and ``saved`` = lw_iou g_d (4 per row), from which ``yolo_box_first_grad`` rebuilds the
+    first term when the two outputs' grad_outputs differ.
+    """
+    R: tl.constexpr = KX // 4
+    x3, p, dist, lse = _side_softmax(x, R)
+    d_l, d_t, d_r, d_b = _split4(dist)
+    ax, ay = tl.split(a)
+    u1, v1, u2, v2 = _split4(t)
+    loss_iou, gx1, gy1, gx2, gy2, _a, _b, _c, _d = _iou_family(
+        ax - d_l, ay - d_t, ax + d_r, ay + d_b, u1, v1, u2, v2, eps, 3, 2)
+    g_dist = _join4(-gx1, -gy1, gx2, gy2) * lw_iou
+    bins = tl.arange(0, R).to(x.dtype)[None, None, :]
+    d_iou = g_dist[:, :, None] * p * (bins - dist[:, :, None])
+    target = _join4(ax - u1, ay - v1, u2 - ax, v2 - ay)
+    target = tl.minimum(tl.maximum(target, 0.0), clamp_max)
+    left = tl.floor(target)
+    w_left = left + 1.0 - target
+    q = (tl.where(bins == left[:, :, None], w_left[:, :, None], 0.0)
+         + tl.where(bins == (left + 1.0)[:, :, None], (1.0 - w_left)[:, :, None], 0.0))
+    loss_dfl = tl.sum(lse - tl.sum(q * x3, axis=2), axis=1) * 0.25
+    dx = tl.reshape(d_iou + (p - q) * (0.25 * lw_dfl), [x.shape[0], KX])
+    return (tl.join(loss_iou * lw_iou, loss_dfl * lw_dfl), dx, tl.zeros_like(t), g_dist)
+
+
+@triton.jit
+def yolo_box_first_grad(x, saved, KX: tl.constexpr):
+    """The (1 - CIoU) term's share of yolo_box's gradient, from the logits and saved g_d."""
+    R: tl.constexpr = KX // 4
+    x3, p, dist, lse = _side_softmax(x, R)
+    bins = tl.arange(0, R).to(x.dtype)[None, None, :]
+    return tl.reshape(saved[:, :, None] * p * (bins - dist[:, :, None]), [x.shape[0], KX])

@@ -453,7 +453,7 @@ def _row_offsets(r, RC: tl.constexpr, K: tl.constexpr, o):
 @triton.jit
 def fused_row_loss_fwd_kernel(
     x_ptr, t_ptr, w_ptr, out_ptr, gx_ptr, gt_ptr, partial_ptr, counter_ptr, denom_ptr, lw_ptr,
-    aux_ptr,
+    aux_ptr, saved_ptr,
     n, denom_mult, lw_f, p0, p1, p2, p3,
     n0, n1, n2, n3, n4, n5,
     m0, m1, m2, m3, m4,
@@ -470,6 +470,7 @@ def fused_row_loss_fwd_kernel(
     KXP: tl.constexpr, KTP: tl.constexpr, KAP: tl.constexpr,
     X_RC: tl.constexpr, T_RC: tl.constexpr, W_RC: tl.constexpr, A_RC: tl.constexpr,
     ZX: tl.constexpr, ZT: tl.constexpr, ZW: tl.constexpr, ZA: tl.constexpr,
+    NOUT: tl.constexpr, KS: tl.constexpr,
 ):
     """Row losses: one loss value per row of KX input values (boxes: 4 coordinates;
     distributions: n bins), against rows of KT target values and KA auxiliary values (e.g. an
@@ -483,6 +484,11 @@ def fused_row_loss_fwd_kernel(
     (zero-weight exclusion, weight, scale, reduction over rows, gradients written in the
     forward) is the engine's, as for elementwise losses. ``n`` is the number of rows ("mean"
     divides by it); outputs and gradients are contiguous.
+
+    NOUT == 2: a loss of two terms (YOLO's IoU and DFL), each reduced into its own output; MATH
+    then returns (loss[ROWS, 2], dx, dt, saved[ROWS, KS]): dx is the gradient of the sum of the
+    terms, and ``saved`` (scaled like dx, stored per row) lets ``fused_row_loss_bwd_kernel``
+    rebuild the first term's part of dx when the two outputs' grad_outputs differ.
     """
     pid = tl.program_id(0)
     if IDX64:
@@ -527,7 +533,11 @@ def fused_row_loss_fwd_kernel(
     else:
         keep = rmask
 
-    loss, dx, dt = MATH(x, t, a, p0, p1, p2, p3, VARIANT, KX, KT, KA)
+    if NOUT == 1:
+        loss, dx, dt = MATH(x, t, a, p0, p1, p2, p3, VARIANT, KX, KT, KA)
+    else:
+        loss2, dx, dt, saved = MATH(x, t, a, p0, p1, p2, p3, VARIANT, KX, KT, KA)
+        loss, loss_b = tl.split(loss2)
 
     if HAS_W:
         loss = loss * w
@@ -535,6 +545,26 @@ def fused_row_loss_fwd_kernel(
         dt = dt * w[:, None]
     loss = tl.where(keep, loss, 0.0)
     scale = loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr, DENOM, ZERO_SAFE, HAS_LW_PTR, ACC)
+    if NOUT == 2:
+        if HAS_W:
+            loss_b = loss_b * w
+            saved = saved * w[:, None]
+        loss_b = tl.where(keep, loss_b, 0.0)
+        cs = tl.arange(0, saved.shape[1])
+        if NEED_GX:
+            store_rounded(saved_ptr + r[:, None] * KS + cs[None, :],
+                          tl.where(keep[:, None], saved * scale, 0.0),
+                          rmask[:, None] & (cs < KS)[None, :])
+        if REDUCE == 0:
+            store_rounded(out_ptr + r * 2 + 1, loss_b * scale, rmask)
+        else:
+            if FINALIZE == 1:  # one program: no partials buffer
+                _reduce_block(pid, loss_b, scale, out_ptr + 1, partial_ptr, counter_ptr,
+                              FINALIZE, ACC, RBLOCK)
+            else:
+                _reduce_block(pid, loss_b, scale, out_ptr + 1,
+                              partial_ptr + tl.num_programs(0), counter_ptr, FINALIZE, ACC,
+                              RBLOCK)
     if NEED_GX:
         store_rounded(gx_ptr + r[:, None] * KX + cx[None, :],
                       tl.where(keep[:, None], dx * scale, 0.0), xmask)
@@ -542,19 +572,85 @@ def fused_row_loss_fwd_kernel(
         store_rounded(gt_ptr + r[:, None] * KT + ct[None, :],
                       tl.where(keep[:, None], dt * scale, 0.0), tmask)
     if REDUCE == 0:
-        store_rounded(out_ptr + r, loss * scale, rmask)
+        store_rounded(out_ptr + r * NOUT, loss * scale, rmask)
     else:
         _reduce_block(pid, loss, scale, out_ptr, partial_ptr, counter_ptr, FINALIZE, ACC, RBLOCK)
+
+
+@triton.jit
+def fused_row_loss_bwd_kernel(x_ptr, g_ptr, out_ptr, saved_ptr, go_ptr, ref_ptr, spare_ptr, n,
+                              BWD: tl.constexpr, HAS_REF: tl.constexpr, ACC: tl.constexpr,
+                              ROWS: tl.constexpr, KX: tl.constexpr, KXP: tl.constexpr,
+                              KS: tl.constexpr, IDX64: tl.constexpr):
+    """The backward of a two-output row loss (NOUT == 2): the forward wrote
+    G = dA + dB for grad_outputs (1, 1) and saved what ``BWD(x, saved) -> dA`` needs.
+
+    First backward (HAS_REF False), grad_outputs (a, b), in place (out is G):
+
+        out = b G + (a - b) dA
+
+    decided on the device: (1, 1) moves no memory, a == b reads no input (a plain rescale),
+    else the input is read again to rebuild dA. If b == 0 the result no longer holds dB, so G
+    is first copied to ``spare`` (only then: no traffic otherwise).
+    Later backward of a retained graph (HAS_REF, ref = the first (a, b), out a fresh buffer):
+    from G' = ra dA + rb dB (or from the spare copy, (1, 1), when rb == 0),
+
+        out = beta G' + gamma dA,   beta = b / rb,   gamma = a - b ra / rb.
+    """
+    pid = tl.program_id(0)
+    a = tl.load(go_ptr).to(ACC)
+    b = tl.load(go_ptr + 1).to(ACC)
+    if IDX64:
+        r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    else:
+        r = pid * ROWS + tl.arange(0, ROWS)
+    cx = tl.arange(0, KX if KX == KXP else KXP)
+    colmask = (cx < KX)[None, :]
+    offs = r[:, None] * KX + cx[None, :]
+    if HAS_REF:
+        ra = tl.load(ref_ptr).to(ACC)
+        rb = tl.load(ref_ptr + 1).to(ACC)
+        lim_spare = tl.where(rb == 0.0, n, 0)  # G' lost dB: read the spare copy of G instead
+        ra = tl.where(rb == 0.0, 1.0, ra)
+        rb = tl.where(rb == 0.0, 1.0, rb)
+        beta = b / rb
+        gamma = a - b * (ra / rb)
+        rmask = r < n
+        xmask = rmask[:, None] & colmask
+        g = (tl.load(g_ptr + offs, mask=(r < n - lim_spare)[:, None] & colmask, other=0.0)
+             + tl.load(spare_ptr + offs, mask=(r < lim_spare)[:, None] & colmask, other=0.0))
+        g = g.to(ACC)
+    else:
+        beta = b
+        gamma = a - b
+        moves = tl.where(beta != 1.0, 1, 0) + tl.where(gamma != 0.0, 1, 0)
+        rmask = r < tl.where(moves > 0, n, 0)
+        xmask = rmask[:, None] & colmask
+        g = tl.load(g_ptr + offs, mask=xmask, other=0.0)
+        lim_keep = tl.where(b == 0.0, n, 0)
+        tl.store(spare_ptr + offs, g, mask=(r < lim_keep)[:, None] & colmask)
+        g = g.to(ACC)
+    extra = r < tl.where(gamma != 0.0, n, 0)
+    extra = extra & rmask
+    x = tl.load(x_ptr + offs, mask=extra[:, None] & colmask, other=0.0).to(ACC)
+    cs = tl.arange(0, KS)
+    sv = tl.load(saved_ptr + r[:, None] * KS + cs[None, :], mask=extra[:, None],
+                 other=0.0).to(ACC)
+    d_first = BWD(x, sv, KX)
+    store_rounded(out_ptr + offs, beta * g + gamma * d_first, xmask)
 
 
 @triton.jit
 def finalize_kernel(partial_ptr, out_ptr, denom_ptr, lw_ptr,
                     count, n, denom_mult, lw_f,
                     DENOM: tl.constexpr, ZERO_SAFE: tl.constexpr, HAS_LW_PTR: tl.constexpr,
-                    ACC: tl.constexpr, RBLOCK: tl.constexpr):
-    total = sum_partials(partial_ptr, count, ACC, RBLOCK)
+                    ACC: tl.constexpr, RBLOCK: tl.constexpr, NOUT: tl.constexpr):
+    """out[k] = scale * (sum of output k's ``count`` partials), k < NOUT (partials of output
+    k at partial_ptr + k * count)."""
     scale = loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr, DENOM, ZERO_SAFE, HAS_LW_PTR, ACC)
-    store_rounded(out_ptr, total * scale, None)
+    for k in tl.static_range(NOUT):
+        total = sum_partials(partial_ptr + k * count, count, ACC, RBLOCK)
+        store_rounded(out_ptr + k, total * scale, None)
 
 
 @triton.jit

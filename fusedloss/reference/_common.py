@@ -38,9 +38,20 @@ def prepare(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Te
 
 
 def result_dtype(input: torch.Tensor, target: torch.Tensor) -> torch.dtype:
+    """``torch.result_type(input, target)`` (input's dtype for class-index targets).
+
+    For two floating tensors it is computed from dtypes and dims, as torch's promotion rule
+    reads: a 0-d tensor takes part only when the other operand is 0-d too. ``torch.result_type``
+    itself returns a dtype, which TorchDynamo cannot put in a graph: every call was a graph
+    break in a compiled step on the CPU fallback; ``torch.promote_types`` traces.
+    """
     if not target.dtype.is_floating_point:  # class-index targets
         return input.dtype
-    return torch.result_type(input, target)
+    if not input.dtype.is_floating_point:  # not reached through fusedloss's checked entry
+        return torch.result_type(input, target)
+    if (input.dim() == 0) == (target.dim() == 0):
+        return torch.promote_types(input.dtype, target.dtype)
+    return input.dtype if target.dim() == 0 else target.dtype
 
 
 def weight_reduce(loss: torch.Tensor, input: torch.Tensor, target: torch.Tensor,

@@ -104,6 +104,8 @@ def _mmdet(p, g, mode, eps):
 
 
 def _ultralytics(p, g, mode, eps):
+    if mode != "ciou":
+        raise ValueError(f"the ultralytics flavour is bbox_iou(..., CIoU=True) only, got {mode!r}")
     x1, y1, x2, y2 = p.unbind(-1)
     u1, v1, u2, v2 = g.unbind(-1)
     w1, h1 = x2 - x1, y2 - y1 + eps
@@ -179,3 +181,35 @@ def mmdet_distribution_focal_loss(pred, label):
     weight_right = label - dis_left.to(pred.dtype)
     return (F.cross_entropy(pred, dis_left, reduction="none") * weight_left
             + F.cross_entropy(pred, dis_right, reduction="none") * weight_right)
+
+
+def yolo_box_loss(pred_dist, anchor_points, target_bboxes, weight, avg_factor, *, reg_max=16,
+                  fg_mask=None, loss_weight=(1.0, 1.0)) -> torch.Tensor:
+    """ultralytics' BboxLoss (decode + CIoU + DFL), with weights instead of boolean indexing:
+    returns the pair (loss_iou, loss_dfl) as a (2,) tensor, each times its loss_weight."""
+    acc = compute_dtype(pred_dist, target_bboxes, anchor_points)
+    w = weight.to(acc)
+    if w.dim() == pred_dist.dim():
+        w = w.squeeze(-1)
+    if fg_mask is not None:
+        w = torch.where(fg_mask, w, 0.0)
+    keep = w != 0
+    x = torch.where(keep[..., None], pred_dist.to(acc), 0.0)
+    t = torch.where(keep[..., None], target_bboxes.to(acc), 0.0)
+    anchors = torch.where(keep[..., None], anchor_points.to(acc).expand(t.shape[:-1] + (2,)), 0.0)
+    b, a, _ = x.shape
+    p = x.view(b, a, 4, reg_max).softmax(3)
+    dist = p @ torch.arange(reg_max, dtype=acc, device=x.device)
+    boxes = torch.cat([anchors - dist[..., :2], anchors + dist[..., 2:]], -1)
+    iou_term = _ultralytics(boxes, t, "ciou", 1e-7)
+    ltrb = torch.cat([anchors - t[..., :2], t[..., 2:] - anchors], -1).clamp(0, reg_max - 1.01)
+    left = torch.floor(ltrb)
+    bins = torch.arange(reg_max, dtype=acc, device=x.device)
+    q = (torch.where(bins == left[..., None], (left + 1 - ltrb)[..., None], 0.0)
+         + torch.where(bins == (left + 1)[..., None], (ltrb - left)[..., None], 0.0))
+    x4 = x.view(b, a, 4, reg_max)
+    dfl = (q * (torch.logsumexp(x4, -1, keepdim=True) - x4)).sum(-1).mean(-1)
+    af = avg_factor.to(acc) if isinstance(avg_factor, torch.Tensor) else avg_factor
+    out = torch.stack([(iou_term * w).sum() / af * loss_weight[0],
+                       (dfl * w).sum() / af * loss_weight[1]])
+    return out.to(torch.float64 if acc == torch.float64 else torch.float32)

@@ -1,0 +1,104 @@
+"""``gpuproxy sass`` for the scenarios its own list does not have (heatmaps rendered in the
+kernel, boxes, DFL, ultralytics' box loss). The tool's directory is read-only, so its machinery
+(``sass_report.kernel_rows`` / ``estimate`` / ``print_report``) runs here over our list.
+
+    PYTHON=.venv/bin/python python bench/gpuproxy_scenarios.py [--tool ../shared/tools/gpuproxy]
+
+Each scenario: (label, forward + backward through the public API, the DRAM floor in bytes per
+element of the main kernel's grid: each operand read once in its dtype, the gradient written
+once). The figures are ESTIMATES for an H100 from sm_90 SASS (see the tool's README).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+B, A = 16, 8400  # YOLOv8 at 640 px: 8400 anchors per image
+
+
+def scenarios(leaf):
+    import fusedloss as fl
+
+    def heatmap(instances, loss="mse", height=64, **kw):
+        kp = torch.rand(64, 17, instances, 2) * 256
+        vis = torch.randint(-1, 2, (64, 17, instances)).float()
+        w = (vis.amax(-1) >= 0).float().view(64, 17, 1, 1)
+        return lambda: fl.heatmap_loss(leaf(64, 17, height, 64), kp, vis, sigma=11.3, stride=4.0,
+                                       offset=2.0, loss=loss, weight=w,
+                                       avg_factor=torch.tensor(1000.0), **kw).backward()
+
+    def boxes(mode, dtype=torch.float32):
+        c, wh = torch.rand(B, A, 2) * 80, torch.rand(B, A, 2) * 10
+        b = torch.cat([c - wh, c + wh], -1).to(dtype)
+        return lambda: fl.box_iou_loss(leaf(B, A, 4, dtype=dtype), b, mode, "sum",
+                                       weight=torch.rand(B, A)).backward()
+
+    def yolo(dtype):
+        anchors = torch.rand(A, 2) * 80
+        c, wh = anchors + torch.randn(B, A, 2), torch.rand(B, A, 2) * 10 + 1
+        scores = torch.rand(B, A) * (torch.rand(B, A) < 0.1)
+
+        def run():
+            l_iou, l_dfl = fl.box.yolo_box_loss(leaf(B, A, 64, dtype=dtype), anchors,
+                                                torch.cat([c - wh, c + wh], -1), scores,
+                                                scores.sum().clamp_min(1), loss_weight=(7.5, 1.5))
+            ((l_iou + l_dfl) * B).backward()
+        return run
+
+    # floors per element: heatmaps read the logits and write their gradient (8 B fp32; the
+    # keypoints, visibility and weights are per channel); boxes per coordinate: pred 4 + target 4
+    # + gradient 4 + the weight 4/4; DFL per logit: 4 + 4 + the target 4/16; YOLO per logit:
+    # 4 + 4 (2 + 2 in bf16) + the target box 16/64 + the anchor 8/64 + the weight 4/64
+    return [
+        ("heatmap mse A=1 (64,17,64,64)", heatmap(1), 8),
+        ("heatmap mse A=10", heatmap(10), 8),
+        ("heatmap gaussian focal logits A=1", heatmap(1, "gaussian_focal", from_logits=True), 8),
+        ("heatmap gaussian focal prob A=1", heatmap(1, "gaussian_focal"), 8),
+        ("heatmap shrinkage A=1", heatmap(1, "shrinkage"), 8),
+        ("heatmap mse A=1 (64,17,48,64)", heatmap(1, height=48), 8),
+        ("box iou (16,8400)", boxes("iou"), 13),
+        ("box giou (16,8400)", boxes("giou"), 13),
+        ("box diou (16,8400)", boxes("diou"), 13),
+        ("box ciou (16,8400)", boxes("ciou"), 13),
+        ("box ciou bf16", boxes("ciou", torch.bfloat16), 6.5),
+        ("dfl (16*8400*4, 16)", lambda: fl.distribution_focal_loss(
+            leaf(B * A, 4, 16), torch.rand(B * A, 4) * 14.9).backward(), 8.25),
+        ("yolo box loss fp32 (16,8400,4x16)", yolo(torch.float32), 8.44),
+        ("yolo box loss bf16 (16,8400,4x16)", yolo(torch.bfloat16), 4.44),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser.add_argument("--tool", default=os.path.join(here, "..", "..", "shared", "tools",
+                                                       "gpuproxy"))
+    parser.add_argument("-k", default="", help="only scenarios whose label contains this")
+    args = parser.parse_args()
+    os.environ.pop("TRITON_INTERPRET", None)
+    sys.dont_write_bytecode = True  # the tool's directory is read-only
+    sys.path.insert(0, os.path.abspath(args.tool))
+    sys.path.insert(0, os.path.dirname(here))
+    import fakegpu
+    import sass_report
+
+    print("#", fakegpu.force_compiled_path())
+    rows, estimates, cache = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, fn, floor in scenarios(sass_report.leaf):
+            if args.k not in label:
+                continue
+            with fakegpu.recording() as log:
+                fn()
+            found = sass_report.kernel_rows(label, log, tmp, cache)
+            rows += found
+            estimates += [sass_report.estimate(r, floor) for r in found if r["main"]]
+    sass_report.print_report(rows, estimates)
+
+
+if __name__ == "__main__":
+    main()
