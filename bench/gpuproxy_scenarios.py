@@ -49,6 +49,20 @@ def scenarios(leaf):
             ((l_iou + l_dfl) * B).backward()
         return run
 
+    def dice(shape, dtype=torch.float32, grad=True, bce=False):
+        labels = torch.randint(0, shape[1], (shape[0],) + shape[2:])
+        mask = (torch.rand(shape) > 0.7).to(dtype)
+
+        def run():
+            x = leaf(*shape, dtype=dtype)
+            if bce:
+                loss = fl.bce_dice_loss(x, mask)
+            else:
+                loss = fl.dice_loss(x, labels, activation="softmax")
+            if grad:
+                loss.backward()
+        return run
+
     # floors per element: heatmaps read the logits and write their gradient (8 B fp32; the
     # keypoints, visibility and weights are per channel); boxes per coordinate: pred 4 + target 4
     # + gradient 4 + the weight 4/4; DFL per logit: 4 + 4 + the target 4/16; YOLO per logit:
@@ -67,6 +81,15 @@ def scenarios(leaf):
         ("box ciou bf16", boxes("ciou", torch.bfloat16), 6.5),
         ("dfl (16*8400*4, 16)", lambda: fl.distribution_focal_loss(
             leaf(B * A, 4, 16), torch.rand(B * A, 4) * 14.9).backward(), 8.25),
+        # Dice, per element of (B, C, *spatial): the sums pass reads x and the int64 labels
+        # (8 B per pixel = 8/C per element); the gradient pass reads both again and writes dx
+        ("dice softmax fwd (8,21,512,512)", dice((8, 21, 512, 512), grad=False), 4 + 8 / 21),
+        ("dice softmax fwd+bwd (8,21,512,512)", dice((8, 21, 512, 512)), 8 + 8 / 21),
+        ("dice softmax bf16 fwd (2,3,128^3)", dice((2, 3, 128, 128, 128), torch.bfloat16,
+                                                   grad=False), 2 + 8 / 3),
+        ("dice softmax bf16 fwd+bwd (2,3,128^3)", dice((2, 3, 128, 128, 128), torch.bfloat16),
+         4 + 8 / 3),
+        ("bce+dice fwd+bwd (8,1,512,512) float mask", dice((8, 1, 512, 512), bce=True), 12),
         ("yolo box loss fp32 (16,8400,4x16)", yolo(torch.float32), 8.44),
         ("yolo box loss bf16 (16,8400,4x16)", yolo(torch.bfloat16), 4.44),
     ]

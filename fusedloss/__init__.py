@@ -8,6 +8,7 @@ from .focal import (FocalLoss, QualityFocalLoss, VarifocalLoss, quality_focal_lo
                     sigmoid_focal_loss, varifocal_loss)
 from .heatmap import HeatmapLoss, heatmap_loss, render_heatmaps
 from .box import box_iou_loss, distribution_focal_loss
+from .dice import DiceLoss, bce_dice_loss, dice_loss
 from . import recipes
 from .recipes.mmdet import CIoULoss, DIoULoss, DistributionFocalLoss, GIoULoss, IoULoss
 
@@ -23,5 +24,6 @@ __all__ = [
     "heatmap_loss", "render_heatmaps", "HeatmapLoss",
     "box_iou_loss", "distribution_focal_loss", "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss",
     "DistributionFocalLoss",
+    "dice_loss", "bce_dice_loss", "DiceLoss",
     "recipes",
 ]

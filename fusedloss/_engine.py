@@ -10,6 +10,7 @@
 | eager autograd: gradient in the forward, the no-pass backward | ``_autograd.py`` |
 | torch.library custom op per loss (torch.compile) | ``_library.py`` |
 | the loss registry (``register_loss``) | ``_registry.py`` |
+| segment losses (Dice): per-segment sums, finalize, backward pass; their autograd and ops | ``_segments.py`` |
 
 Design choices (see ../shared/notes/engine-design.md for the byte model):
 

@@ -34,7 +34,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction, native_specialize_impl  # noqa: E402
 
 import fusedloss as fl  # noqa: E402
-from fusedloss import _engine  # noqa: E402
+from fusedloss import _engine, _segments  # noqa: E402
 import sass  # noqa: E402  (tests/sass.py)
 
 TARGET = GPUTarget("cuda", int(sys.argv[1]) if len(sys.argv) > 1 else 90, 32)
@@ -46,7 +46,8 @@ VARIANTS: dict = {}  # compile key -> (kernel name, constexprs, num_warps, label
 CASE = [""]  # label of the case being compiled
 REGISTER_BUDGET = 128
 FORWARD = ("fused_loss_fwd_kernel", "fused_loss_fwd_strided_kernel",
-           "fused_loss_fwd_rendered_kernel", "fused_row_loss_fwd_kernel")
+           "fused_loss_fwd_rendered_kernel", "fused_row_loss_fwd_kernel",
+           "fused_segment_sums_kernel", "fused_segment_grad_kernel")
 
 
 def compile_instead_of_launch(self, *args, grid, warmup=False, **kwargs):
@@ -110,6 +111,17 @@ def cases():
                               "loss_weight": (7.5, 1.5)}, \
             lambda dtype=dtype: (torch.randn(5120, dtype=dtype, requires_grad=True),
                                  torch.rand(2, 40))
+    seg = lambda dtype=f32, labels=False: (  # noqa: E731  (B, C, H, W) logits and targets
+        torch.randn(2, 5, 12, 10, dtype=dtype, requires_grad=True),
+        torch.randint(0, 5, (2, 12, 10)) if labels else (torch.rand(2, 5, 12, 10) > 0.6).to(dtype))
+    yield fl.dice_loss, {}, lambda: seg()
+    yield fl.dice_loss, {"activation": "softmax", "include_background": False,
+                         "weight": torch.rand(4), "reduction": "none"}, lambda: seg(bf16, True)
+    yield fl.dice_loss, {"reduce_dims": (0, 2, 3), "squared_pred": True, "jaccard": True,
+                         "log_loss": True, "eps": 1e-7, "zero_absent_classes": True,
+                         "loss_weight": torch.tensor(0.5)}, lambda: seg(f16, True)
+    yield fl.dice_loss, {"from_logits": False, "reduction": "sum"}, lambda: seg(f64)
+    yield fl.bce_dice_loss, {"bce_weight": 0.5}, lambda: seg(f32, True)
     kp, vis = torch.rand(4, 8, 2) * 8, torch.ones(4, 8)
     for loss, extra in (("mse", {}), ("huber", {}), ("shrinkage", {}), ("gaussian_focal", {}),
                         ("gaussian_focal", {"from_logits": True, "alpha": 1.5})):
@@ -190,6 +202,12 @@ def scenarios():
                                             scores.sum().clamp_min(1), loss_weight=(7.5, 1.5))
         ((l_iou + l_dfl) * 16).backward()
 
+    def dice(shape, dtype=f32, **kw):  # segmentation: logits (B, C, *spatial), class labels
+        labels = torch.randint(0, shape[1], (shape[0],) + shape[2:])
+        fl.dice_loss(leaf(*shape, dtype=dtype), labels, activation="softmax", **kw).backward()
+
+    yield "dice softmax (8, 21, 512, 512)", lambda: dice((8, 21, 512, 512)), 1
+    yield "dice softmax bf16 (2, 3, 128^3)", lambda: dice((2, 3, 128, 128, 128), bf16), 1
     yield "yolo box loss fp32 (16, 8400, 64)", lambda: yolo_box(f32), 1
     yield "yolo box loss bf16 (16, 8400, 64)", lambda: yolo_box(bf16), 1
     yield "dfl (16*8400*4, 16)", lambda: fl.distribution_focal_loss(
@@ -239,7 +257,7 @@ def static_checks(vector_cases: dict) -> list:
 
 def main() -> int:
     JITFunction.run = compile_instead_of_launch
-    _engine.uses_triton = lambda device: True
+    _engine.uses_triton = _segments.uses_triton = lambda device: True
     for one_launch in (False, True):
         for fn, kwargs, make in cases():
             CASE[0] = f"{getattr(fn, '__name__', type(fn).__name__)} {sorted(kwargs)}"

@@ -29,6 +29,8 @@ dist = torch.zeros(2, 5, 64)  # YOLO pred_dist (B, A, 4 * 16)
 anchors = torch.zeros(5, 2)
 yolo_boxes = torch.zeros(2, 5, 4)
 scores = torch.zeros(2, 5)
+seg_x = torch.zeros(2, 3, 4, 5)  # segmentation logits (B, C, H, W)
+seg_labels = torch.zeros(2, 4, 5, dtype=torch.long)
 
 # (what the user did, argument named in the message, exception, call)
 BAD_INPUTS = [
@@ -94,6 +96,35 @@ BAD_INPUTS = [
      lambda: fl.heatmap_loss(heat, kps, sigma=2.0, loss="mse", delta=1.0)),
     ("heatmap from_logits for a loss on values", "from_logits", ValueError,
      lambda: fl.heatmap_loss(heat, kps, sigma=2.0, loss="huber", from_logits=True)),
+    # Dice
+    ("Dice input without a spatial dim", "input", ValueError,
+     lambda: fl.dice_loss(seg_x[..., 0, 0], seg_labels[..., 0, 0])),
+    ("Dice float target of another shape (channel mismatch)", "target", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_x[:, :2])),
+    ("Dice integer target with a class dim", "target", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_labels[:, None])),
+    ("Dice target that requires grad", "target", TypeError,
+     lambda: fl.dice_loss(seg_x, seg_x.clone().requires_grad_())),
+    ("Dice reduce_dims out of range", "reduce_dims", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_labels, reduce_dims=(2, 3, 4))),
+    ("Dice reduce_dims with the channel dim", "reduce_dims", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_labels, reduce_dims=(1, 2, 3))),
+    ("Dice reduce_dims missing a spatial dim", "reduce_dims", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_labels, reduce_dims=(2,))),
+    ("Dice softmax over C = 1", "softmax", ValueError,
+     lambda: fl.dice_loss(seg_x[:, :1], seg_x[:, :1], activation="softmax")),
+    ("Dice include_background=False with C = 1", "include_background", ValueError,
+     lambda: fl.dice_loss(seg_x[:, :1], seg_x[:, :1], include_background=False)),
+    ("Dice unknown activation", "activation", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_labels, activation="tanh")),
+    ("Dice weight of neither (C,) nor (B, C)", "weight", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_labels, weight=torch.ones(2))),
+    ("Dice smooth_nr < 0", "smooth_nr", ValueError,
+     lambda: fl.dice_loss(seg_x, seg_labels, smooth_nr=-1.0)),
+    ("BCE + Dice with softmax", "activation", ValueError,
+     lambda: fl.bce_dice_loss(seg_x, seg_labels, activation="softmax")),
+    ("BCE + Dice with reduction='none'", "reduction", ValueError,
+     lambda: fl.bce_dice_loss(seg_x, seg_labels, reduction="none")),
     # boxes
     ("boxes whose last dim is not 4", "pred", ValueError, lambda: fl.box_iou_loss(x, t)),
     ("box target of another shape", "target", ValueError,

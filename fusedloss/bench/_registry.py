@@ -766,4 +766,104 @@ CASES += [
          yolo_inputs, bytes_model=yolo_bytes, shape=yolo_shape),
 ]
 
+
+# --------------------------------------------------------------------------- segmentation (Dice)
+# Dice needs each (image, class) sum before any gradient: every implementation reads the
+# logits (and the target) twice for forward + backward unless they stay on chip.
+
+DICE_CLASSES = 21  # Pascal VOC
+
+
+def _square(pixels: int) -> tuple:
+    w = 1 << max(0, (pixels.bit_length() - 1) // 2)
+    return (max(pixels // w, 1), w)
+
+
+def dice_shape(n: int) -> tuple:
+    """(B, 21, H, W) with about n elements (B = 8 when n allows)."""
+    b = 8 if n >= 8 * DICE_CLASSES * 64 else 1
+    return (b, DICE_CLASSES) + _square(max(n // (b * DICE_CLASSES), 1))
+
+
+def dice_inputs(n, dtype, weight, device, gen):
+    """Logits (B, 21, H, W) ~ N(0, 2^2), int64 labels (B, H, W); weights per class: none,
+    a bool mask of classes ("bool"), or in (0.05, 1.05) ("broadcast")."""
+    shape = dice_shape(n)
+    x = (2 * torch.randn(shape, device=device, generator=gen)).to(dtype)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], device=device, generator=gen)
+    return x, labels, _row_weight(shape[1], dtype, weight, device, gen)
+
+
+def eager_dice(x, t, w, smooth=1e-5):
+    """MONAI DiceLoss(softmax=True, to_onehot_y=True) as its forward computes it."""
+    p = torch.softmax(x, 1)
+    onehot = F.one_hot(t, x.shape[1]).movedim(-1, 1).to(p.dtype)
+    dims = tuple(range(2, x.dim()))
+    inter = (p * onehot).sum(dims)
+    f = 1.0 - (2.0 * inter + smooth) / (p.sum(dims) + onehot.sum(dims) + smooth)
+    return f.mean() if w is None else (f * w).mean()
+
+
+def _fused_dice(fl):
+    return lambda x, t, w: fl.dice_loss(x, t, activation="softmax", weight=w)
+
+
+def _dice_bytes(n_elems: int, it: int, target_bytes: int, mode: str) -> tuple[int, str]:
+    reads = [(it * n_elems, f"read x ({it}n)"), (target_bytes, f"read t ({target_bytes / n_elems:.3g}n)")]
+    grad = (2 * it * n_elems + target_bytes, f"read x again ({it}n) + t again + write dx ({it}n)")
+    return _bytes(mode, reads, grad)
+
+
+def dice_bytes(mode: str, n: int, dtype: torch.dtype, weight: str) -> tuple[int, str]:
+    """# I/O: fwd = read x (it n) + read labels (8 n / C)
+    #      bwd = read x (it n) + read labels (8 n / C) + write dx (it n)
+    (n: the elements of the actual shape, dice_shape(n))"""
+    shape = dice_shape(n)
+    elems = math.prod(shape)
+    return _dice_bytes(elems, dtype.itemsize, 8 * elems // shape[1], mode)
+
+
+def bce_dice_shape(n: int) -> tuple:
+    b = 8 if n >= 8 * 64 else 1
+    return (b, 1) + _square(max(n // b, 1))
+
+
+def bce_dice_inputs(n, dtype, weight, device, gen):
+    """Binary segmentation: logits (B, 1, H, W), a float mask (30 % foreground)."""
+    shape = bce_dice_shape(n)
+    x = (2 * torch.randn(shape, device=device, generator=gen)).to(dtype)
+    t = (torch.rand(shape, device=device, generator=gen) < 0.3).to(dtype)
+    return x, t, _row_weight(1, dtype, weight, device, gen)
+
+
+def eager_bce_dice(x, t, w, smooth=1e-5):
+    """BCE-with-logits (mean) + MONAI-style Dice on the sigmoid, as users add them."""
+    bce = F.binary_cross_entropy_with_logits(x, t)
+    p = torch.sigmoid(x)
+    dims = tuple(range(2, x.dim()))
+    f = 1.0 - (2.0 * (p * t).sum(dims) + smooth) / (p.sum(dims) + t.sum(dims) + smooth)
+    return bce + (f.mean() if w is None else (f * w).mean())
+
+
+def _fused_bce_dice(fl):
+    return lambda x, t, w: fl.bce_dice_loss(x, t, weight=w)
+
+
+def bce_dice_bytes(mode: str, n: int, dtype: torch.dtype, weight: str) -> tuple[int, str]:
+    """# I/O: fwd = read x (it n) + read mask (it n); bwd = both again + write dx (it n)"""
+    elems = math.prod(bce_dice_shape(n))
+    return _dice_bytes(elems, dtype.itemsize, dtype.itemsize * elems, mode)
+
+
+CASES += [
+    # I/O: read x + labels; again + write dx in the backward -- dice_bytes
+    Case("dice", module_lookup("fusedloss.dice_loss(activation='softmax')", _fused_dice),
+         eager_dice, "MONAI DiceLoss(softmax=True, to_onehot_y=True) composition, C = 21",
+         dice_inputs, bytes_model=dice_bytes, shape=dice_shape),
+    # I/O: read x + mask; again + write dx in the backward -- bce_dice_bytes
+    Case("bce_dice", module_lookup("fusedloss.bce_dice_loss", _fused_bce_dice), eager_bce_dice,
+         "F.binary_cross_entropy_with_logits + sigmoid Dice (MONAI formula), C = 1",
+         bce_dice_inputs, bytes_model=bce_dice_bytes, shape=bce_dice_shape),
+]
+
 CASE_BY_NAME = {c.name: c for c in CASES}

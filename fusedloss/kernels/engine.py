@@ -32,6 +32,8 @@ Three drivers share that body (``_forward_block``):
 
 Row losses (one value per row of K inputs: boxes, distributions) have their own driver,
 ``fused_row_loss_fwd_kernel``, with the same contract over rows instead of elements.
+Segment losses (a function of a few sums per (sample, class): Dice) have three kernels at the
+end of this file: sums, a fixed-order finalize, and a gradient pass in the backward.
 
 Bytes per element for fp32 x and t, bool w, gradient for x only (forward + backward):
 read x 4 + read t 4 + read w 1 + write dx 4 = 13; the backward adds nothing when grad_output
@@ -40,7 +42,7 @@ equals the loss_weight the forward folded in (the rescale kernel moves no memory
 import triton
 import triton.language as tl
 
-from .mathlib import COMPILED
+from .mathlib import COMPILED, fast_exp, fast_rcp
 
 MAX_DIMS = 6  # collapsed dimensions the strided addressing handles (more: operands are copied)
 REDUCE_BLOCK = 1024  # tile of the fixed-order sum over per-program partials
@@ -688,3 +690,282 @@ def rescale_kernel(g_ptr, out_ptr, go_ptr, ref_ptr, n, iters,
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
         store_rounded(out_ptr + offs, g * factor, mask)
         i += 1
+
+
+# --------------------------------------------------------------------------- segment losses
+# A segment loss (Dice) is not a sum of per-element terms: per segment (one (sample, class), or
+# one class over the batch) it is a function of a few sums over the segment's elements, so its
+# gradient needs those sums before it can be written. Three launches:
+#
+#   fused_segment_sums_kernel   read x (and t) once: per-program partial sums, per channel
+#   segment_finalize_kernel     fixed-order sum of the partials, the loss per segment (the
+#                               loss's SEG math), the reduction, and per segment the
+#                               coefficients c_k = dL/dS_k the gradient needs
+#   fused_segment_grad_kernel   (backward) read x and t again, write dL/dx = chain(sum_k c_k
+#                               dq_k/dp) with grad_output folded in
+#
+# Bytes, fp32 x and t, forward + backward: 4 + 4 (sums) + 4 + 4 + 4 (gradient) = 20 per element
+# (an integer class-index target: 8 B per pixel for C channels, i.e. 8/C per element). The
+# gradient could instead be written by a second forward pass: the same bytes, but paid even
+# without a backward, a gradient buffer held from forward to backward, and grad_output applied
+# by one more pass when it is not 1; the backward pass folds grad_output in for free.
+#
+# Tiles are (channels, pixels) of one image: [CP, BLOCK_S] with CP = next_pow2(C), every
+# channel of a pixel in one program, so a softmax over the channels needs no second pass.
+# Layout: channel-first contiguous (B, C, S) (what conv nets produce); the loads are
+# contiguous along the pixels of each channel.
+
+ACT_NONE = 0  # probabilities given
+ACT_SIGMOID = 1
+ACT_SOFTMAX = 2  # over the channel dimension
+
+
+@triton.jit
+def _segment_tile(x_ptr, t_ptr, b, s0, S, C, ACT: tl.constexpr, T_INDEX: tl.constexpr,
+                  ACC: tl.constexpr, CP: tl.constexpr, BLOCK_S: tl.constexpr,
+                  EVEN_S: tl.constexpr, IDX64: tl.constexpr):
+    """Channels x pixels [CP, BLOCK_S] of image b from pixel s0: (x, p = activation(x), t,
+    mask, offsets). p and t are 0 outside the image's channels and pixels (so products and
+    sums of them need no mask); x is 0 there. EVEN_S: the tile lies inside the image (only the
+    channel mask, a per-thread constant, remains; none when C == CP). One reciprocal per pixel
+    (softmax) or element (sigmoid) on the SFU (``fast_rcp``: rcp.approx, 1 ulp), exponentials
+    as ex2.approx (``fast_exp``)."""
+    c = tl.arange(0, CP)
+    s = s0 + tl.arange(0, BLOCK_S)
+    if IDX64:
+        bb = b.to(tl.int64)
+        s = s.to(tl.int64)
+    else:
+        bb = b
+    cmask = c < C
+    smask = s < S
+    if EVEN_S:
+        mask = cmask[:, None] & (s >= 0)[None, :]
+    else:
+        mask = cmask[:, None] & smask[None, :]
+    offs = (bb * C + c[:, None]) * S + s[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    if ACT == 1:
+        e = fast_exp(-tl.abs(x))
+        r = fast_rcp(1.0 + e)
+        p = tl.where(mask, tl.where(x >= 0, r, e * r), 0.0)
+    elif ACT == 2:
+        xm = tl.where(cmask[:, None], x, float("-inf"))
+        m = tl.max(xm, axis=0)
+        e = fast_exp(xm - m[None, :])
+        p = e * fast_rcp(tl.sum(e, axis=0))[None, :]
+        if not EVEN_S:
+            p = tl.where(smask[None, :], p, 0.0)
+    else:
+        p = x
+    if T_INDEX:
+        if EVEN_S:
+            label = tl.load(t_ptr + bb * S + s)
+        else:
+            label = tl.load(t_ptr + bb * S + s, mask=smask, other=-1)
+        # per pixel: a label outside [0, C) is no class; then one 32-bit compare per element
+        label = label.to(tl.int64)
+        label = tl.where((label >= 0) & (label < C), label, -1).to(tl.int32)
+        t = tl.where(label[None, :] == c[:, None], 1.0, 0.0).to(ACC)
+    else:
+        t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
+    return x, p, t, mask, offs
+
+
+@triton.jit
+def fused_segment_sums_kernel(x_ptr, t_ptr, partial_ptr, S, C, B, n_blocks, per_image,
+                              p0, p1, p2, p3,
+                              ELEM: tl.constexpr, VARIANT: tl.constexpr, ACT: tl.constexpr,
+                              T_INDEX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
+                              ACC: tl.constexpr, CP: tl.constexpr, BLOCK_S: tl.constexpr,
+                              EVEN_S: tl.constexpr, IDX64: tl.constexpr):
+    """Program (b, j) of ``per_image`` per image sums ELEM's four per-element quantities over
+    pixel blocks j, j + per_image, ... of image b, per channel, in that fixed order, and stores
+    partial[k, b, c, j]. ``ELEM(x, p, t, p0..p3, VARIANT) -> (q0, q1, q2, q3)``: q0..q2 must
+    vanish where p = t = 0 (outside the image: no mask is applied to them); q3 (summed only
+    when HAS_GLOBAL) is masked. EVEN_S: S is a multiple of BLOCK_S and the blocks a multiple
+    of per_image (no tile past the image)."""
+    pid = tl.program_id(0)
+    b = pid // per_image
+    j = pid % per_image
+    c = tl.arange(0, CP)
+    # element-wise accumulators, reduced over the pixels once at the end (a cross-thread sum
+    # per tile would cost four shuffle trees per tile)
+    a0 = tl.zeros([CP, BLOCK_S], ACC)
+    a1 = tl.zeros([CP, BLOCK_S], ACC)
+    a2 = tl.zeros([CP, BLOCK_S], ACC)
+    a3 = tl.zeros([CP, BLOCK_S], ACC)
+    # while loops here and below: triton 3.6's interpreter cannot range() over runtime bounds
+    blk = j
+    while blk < n_blocks:
+        x, p, t, mask, _offs = _segment_tile(x_ptr, t_ptr, b, blk * BLOCK_S, S, C, ACT, T_INDEX,
+                                             ACC, CP, BLOCK_S, EVEN_S, IDX64)
+        q0, q1, q2, q3 = ELEM(x, p, t, p0, p1, p2, p3, VARIANT)
+        a0 += q0
+        a1 += q1
+        a2 += q2
+        if HAS_GLOBAL:
+            a3 += tl.where(mask, q3, 0.0)
+        blk += per_image
+    where = (b * C + c) * per_image + j
+    plane = B * C * per_image
+    cmask = c < C
+    tl.store(partial_ptr + where, tl.sum(a0, axis=1), mask=cmask)
+    tl.store(partial_ptr + plane + where, tl.sum(a1, axis=1), mask=cmask)
+    tl.store(partial_ptr + 2 * plane + where, tl.sum(a2, axis=1), mask=cmask)
+    tl.store(partial_ptr + 3 * plane + where, tl.sum(a3, axis=1), mask=cmask)
+
+
+@triton.jit
+def _partial_sum(ptr, b, C, per_image, CP: tl.constexpr, RB: tl.constexpr, ACC: tl.constexpr):
+    """sum_j partial[b, c, j] for every channel c: [CP], in a fixed order."""
+    c = tl.arange(0, CP)
+    jj = tl.arange(0, RB)
+    acc = tl.zeros([CP, RB], ACC)
+    j0 = 0
+    while j0 < per_image:
+        j = j0 + jj
+        acc += tl.load(ptr + (b * C + c[:, None]) * per_image + j[None, :],
+                       mask=(c < C)[:, None] & (j < per_image)[None, :], other=0.0)
+        j0 += RB
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def segment_finalize_kernel(partial_ptr, out_ptr, coef_ptr, w_ptr, lw_ptr, B, C, per_image,
+                            c_start, sw_b, sw_c, seg_factor, seg_count, global_factor,
+                            global_count, lw_f, p0, p1, p2, p3,
+                            SEG: tl.constexpr, VARIANT: tl.constexpr, HAS_W: tl.constexpr,
+                            HAS_LW_PTR: tl.constexpr, REDUCE: tl.constexpr,
+                            BATCH: tl.constexpr, NEED_COEF: tl.constexpr, ACC: tl.constexpr,
+                            CP: tl.constexpr, RB: tl.constexpr):
+    """One program: per segment the sums S0..S2 (fixed order: images, then programs), the
+    loss f and its derivatives ``SEG(S0, S1, S2, p0..p3, VARIANT) -> (f, df/dS0, df/dS1,
+    df/dS2)``, times the segment's weight. REDUCE 0 ("none") stores f * w * loss_weight per
+    segment, (b, c - c_start) or (c - c_start) when BATCH (segments span the batch); else the
+    sum of f * w times ``scale`` = seg_factor / seg_count (seg_count: the segments for "mean",
+    else 1) plus the global sum S3 times ``global_scale`` = global_factor / global_count (a
+    mean over the elements, e.g. BCE's), times loss_weight. Coefficients (c0, c1, c2, c3) per
+    (b, c): dL/dS_k for the gradient pass (0 outside the segments); c3 = global_scale *
+    loss_weight (the global term's weight per element)."""
+    c = tl.arange(0, CP)
+    valid = (c >= c_start) & (c < C)
+    plane = B * C * per_image
+    # the factors in ACC from integer counts (a float argument would be float32)
+    one = tl.full([], 1.0, ACC)
+    scale = seg_factor / (one * seg_count)
+    global_scale = global_factor / (one * global_count)
+    if HAS_LW_PTR:
+        lw = tl.load(lw_ptr).to(ACC)
+    else:
+        lw = lw_f
+    total = tl.zeros([CP], ACC)
+    g = tl.zeros([CP], ACC)
+    if BATCH:
+        n_outer = 1
+    else:
+        n_outer = B
+    ob = 0
+    while ob < n_outer:
+        s0 = tl.zeros([CP], ACC)
+        s1 = tl.zeros([CP], ACC)
+        s2 = tl.zeros([CP], ACC)
+        if BATCH:
+            b = 0
+            while b < B:
+                s0 += _partial_sum(partial_ptr, b, C, per_image, CP, RB, ACC)
+                s1 += _partial_sum(partial_ptr + plane, b, C, per_image, CP, RB, ACC)
+                s2 += _partial_sum(partial_ptr + 2 * plane, b, C, per_image, CP, RB, ACC)
+                g += _partial_sum(partial_ptr + 3 * plane, b, C, per_image, CP, RB, ACC)
+                b += 1
+        else:
+            s0 = _partial_sum(partial_ptr, ob, C, per_image, CP, RB, ACC)
+            s1 = _partial_sum(partial_ptr + plane, ob, C, per_image, CP, RB, ACC)
+            s2 = _partial_sum(partial_ptr + 2 * plane, ob, C, per_image, CP, RB, ACC)
+            g += _partial_sum(partial_ptr + 3 * plane, ob, C, per_image, CP, RB, ACC)
+        f, d0, d1, d2 = SEG(s0, s1, s2, p0, p1, p2, p3, VARIANT)
+        if HAS_W:
+            w = tl.load(w_ptr + ob * sw_b + (c - c_start) * sw_c, mask=valid, other=0.0).to(ACC)
+        else:
+            w = tl.where(valid, 1.0, 0.0).to(ACC)
+        fw = tl.where(valid, f * w, 0.0)
+        if REDUCE == 0:
+            seg = ob * (C - c_start) + c - c_start
+            tl.store(out_ptr + seg, (fw * lw).to(out_ptr.dtype.element_ty), mask=valid)
+            k = w * lw
+        else:
+            total += fw
+            k = w * (lw * scale)
+        if NEED_COEF:
+            # where, not a product: a channel outside the segments may have a non-finite f'
+            e0 = tl.where(valid, d0 * k, 0.0)
+            e1 = tl.where(valid, d1 * k, 0.0)
+            e2 = tl.where(valid, d2 * k, 0.0)
+            e3 = tl.zeros([CP], ACC) + global_scale * lw
+            if BATCH:
+                b = 0
+                b_end = B
+            else:
+                b = ob
+                b_end = ob + 1
+            while b < b_end:
+                base = coef_ptr + (b * C + c) * 4
+                tl.store(base, e0, mask=c < C)
+                tl.store(base + 1, e1, mask=c < C)
+                tl.store(base + 2, e2, mask=c < C)
+                tl.store(base + 3, e3, mask=c < C)
+                b += 1
+        ob += 1
+    if REDUCE == 1:
+        result = (tl.sum(total, axis=0) * scale + tl.sum(g, axis=0) * global_scale) * lw
+        tl.store(out_ptr, result.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def fused_segment_grad_kernel(x_ptr, t_ptr, coef_ptr, go_ptr, out_ptr, S, C, c_start, n_blocks,
+                              p0, p1, p2, p3,
+                              ELEM_GRAD: tl.constexpr, VARIANT: tl.constexpr, ACT: tl.constexpr,
+                              T_INDEX: tl.constexpr, GO_PER_SEGMENT: tl.constexpr,
+                              BATCH: tl.constexpr, ACC: tl.constexpr, CP: tl.constexpr,
+                              BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, IDX64: tl.constexpr):
+    """dL/dx for one tile: ``ELEM_GRAD(x, p, t, c0, c1, c2, c3, p0..p3, VARIANT) -> (dL/dp,
+    dL/dx directly)`` with the segment's coefficients (times grad_output: one scalar, or per
+    segment for "none"), then through the activation: sigmoid p (1 - p); softmax
+    p (g - sum_c g p); plus the direct term."""
+    pid = tl.program_id(0)
+    b = pid // n_blocks
+    blk = pid % n_blocks
+    x, p, t, mask, offs = _segment_tile(x_ptr, t_ptr, b, blk * BLOCK_S, S, C, ACT, T_INDEX,
+                                        ACC, CP, BLOCK_S, EVEN_S, IDX64)
+    c = tl.arange(0, CP)
+    cmask = c < C
+    base = coef_ptr + (b * C + c) * 4
+    c0 = tl.load(base, mask=cmask, other=0.0)
+    c1 = tl.load(base + 1, mask=cmask, other=0.0)
+    c2 = tl.load(base + 2, mask=cmask, other=0.0)
+    c3 = tl.load(base + 3, mask=cmask, other=0.0)
+    if GO_PER_SEGMENT:
+        valid = (c >= c_start) & cmask
+        if BATCH:
+            seg = c - c_start
+        else:
+            seg = b * (C - c_start) + c - c_start
+        go = tl.load(go_ptr + seg, mask=valid, other=0.0).to(ACC)
+        c0 = c0 * go
+        c1 = c1 * go
+        c2 = c2 * go
+    else:
+        go = tl.load(go_ptr).to(ACC)
+        c0 = c0 * go
+        c1 = c1 * go
+        c2 = c2 * go
+        c3 = c3 * go
+    dp, dx_direct = ELEM_GRAD(x, p, t, c0[:, None], c1[:, None], c2[:, None], c3[:, None],
+                              p0, p1, p2, p3, VARIANT)
+    if ACT == 1:
+        dx = dp * p * (1.0 - p)
+    elif ACT == 2:
+        dx = p * (dp - tl.sum(dp * p, axis=0)[None, :])
+    else:
+        dx = dp
+    store_rounded(out_ptr + offs, dx + dx_direct, mask)

@@ -52,8 +52,12 @@ def fast_log2(x):
 @triton.jit
 def fast_exp(x):
     """exp(x) = exp2(x log2 e): compiled float32 is ``ex2.approx.ftz`` (2 instructions instead of
-    ``tl.exp``'s 5; results below 2^-126 flush to 0)."""
-    return tl.exp2(x * LOG2E)
+    ``tl.exp``'s 5; results below 2^-126 flush to 0). float64: ``tl.exp`` (the constant
+    log2 e is a float32 literal, 1e-8 relative)."""
+    if x.dtype == tl.float64:
+        return tl.exp(x)
+    else:
+        return tl.exp2(x * LOG2E)
 
 
 @triton.jit

@@ -9,8 +9,9 @@ from .shrinkage import shrinkage_loss
 from .focal import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 from .heatmap import gaussian_focal_loss, heatmap_loss, render_heatmaps
 from .box import box_iou_loss, distribution_focal_loss, yolo_box_loss
+from .dice import bce_dice_loss, dice_loss
 
 __all__ = ["weight_reduce", "huber_loss", "smooth_l1_loss", "l1_loss", "mse_loss", "shrinkage_loss",
            "sigmoid_focal_loss", "quality_focal_loss", "varifocal_loss", "heatmap_loss",
            "render_heatmaps", "gaussian_focal_loss", "box_iou_loss", "distribution_focal_loss",
-           "yolo_box_loss"]
+           "yolo_box_loss", "dice_loss", "bce_dice_loss"]
