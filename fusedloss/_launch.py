@@ -39,6 +39,10 @@ _JIT_RUN = JITFunction.run  # Triton's own; a tool may wrap it (see KernelLaunch
 _KNOBS = triton.knobs.runtime  # launch hooks (profilers such as proton install them here)
 _INT32_LIMIT = 2 ** 31
 ROW_TILE = 1024  # elements per program of a row loss on a GPU (see _build_plan)
+# rows of min..max values (padded to a power of two) are held one per thread, in programs of
+# at most 4 warps and at most (the third) / values per row warps: 4 for DFL's 16 bins, 2 for
+# YOLO's 64 logits
+ROW_IN_THREAD = (16, 64, 128)
 
 
 def grad_buffer_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -437,10 +441,18 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
             tile = min(tile, ROW_TILE)
         kxp = triton.next_power_of_2(rows.kx)
         block = max(1, tile // kxp)
-        # wide rows (YOLO: 64 logits) spread a row over many threads, each of which repeats the
-        # row's scalar math (its CIoU): 2 warps halve that repetition (gpuproxy sass, YOLO fp32:
-        # 86 -> 62 instructions per logit, 124 registers); narrow rows keep 4
-        warps = 2 if kxp >= 64 and tile == ROW_TILE else rt.num_warps(tile)
+        warps = rt.num_warps(tile)
+        if ROW_IN_THREAD[0] <= kxp <= ROW_IN_THREAD[1]:
+            # wide rows (DFL's bins, YOLO's 4 x 16 logits): one row per thread (the row
+            # driver's V > 0), so a row's reductions need no shuffles and its scalar math
+            # (YOLO's CIoU) runs once, not once per thread sharing the row; up to 64 values
+            # per thread. gpuproxy sass, YOLO: see bench/NOTES.md
+            vector = max(1, min(16 // input.element_size(), kxp))
+            if rt._CONFIG["block"] is None and not rt.INTERPRETED:
+                warps = min(4, ROW_IN_THREAD[2] // kxp)
+                block = 32 * warps
+        else:
+            vector = 0
     grid = max(1, triton.cdiv(n, block))
 
     weight_sum, zero_safe, denom_mult = False, False, 1
@@ -477,6 +489,7 @@ def _build_plan(spec, variant, input, target, weight, reduction, af_kind, af_ten
     if rows is not None:
         launcher, ints, constexprs = _rows_plan(input, target, weight, rows, aux, n, denom_mult,
                                                 block, constexprs)
+        constexprs["V"] = vector
     elif render is not None:
         launcher, ints, constexprs = _rendered_plan(input, weight, render, aux, n, denom_mult,
                                                     block, span, even, constexprs)

@@ -401,6 +401,26 @@ def test_yolo_box_loss_equals_ultralytics_transcription(dtype, go):
     assert torch.all(g[~fg] == 0)  # background anchors: no gradient, whatever their scores
 
 
+@pytest.mark.parametrize("reg_max", [4, 8, 32])
+def test_yolo_box_loss_other_reg_max(reg_max):
+    """Rows of 16 and 32 logits (held one per thread on a GPU, like reg_max 16's 64) and of 128
+    (a row spread over threads): the same values and gradients as the transcription."""
+    pred, anchors, boxes, scores, fg = _yolo_batch(a=77, reg_max=reg_max)
+    tss = scores.sum().clamp_min(1)
+    x = pred.float().requires_grad_(True)
+    l_iou, l_dfl = B.yolo_box_loss(x, anchors.float(), boxes.float(), scores.sum(-1).float(),
+                                   tss.float(), reg_max=reg_max, fg_mask=fg,
+                                   loss_weight=(7.5, 1.5))
+    x64 = pred.double().requires_grad_(True)
+    w_iou, w_dfl = ultralytics_box_loss(x64, anchors, boxes, scores, tss, fg, reg_max=reg_max)
+    assert rel_err(l_iou, w_iou * 7.5) <= 2e-6 and rel_err(l_dfl, w_dfl * 1.5) <= 2e-6
+    go = torch.rand(2).tolist()
+    g, = torch.autograd.grad(l_iou * go[0] + l_dfl * go[1], x)
+    want, = torch.autograd.grad(w_iou * 7.5 * go[0] + w_dfl * 1.5 * go[1], x64)
+    assert rel_err(g, want) <= 4e-6
+    assert torch.all(g[~fg] == 0)
+
+
 def test_yolo_box_loss_graph_retained_and_terms_alone():
     """The forward writes the gradient for (1, 1) after the loss weights; other grad_output
     pairs (one term alone, a second backward through a retained graph, after an in-place rescale

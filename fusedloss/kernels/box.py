@@ -338,7 +338,7 @@ def _to_format(g1, h1, g2, h2, FMT: tl.constexpr):
 
 
 @triton.jit
-def box_iou(x, t, a, eps, p1, p2, p3, VARIANT: tl.constexpr, KX: tl.constexpr,
+def box_iou(x, t, a, gs, eps, p1, p2, p3, VARIANT: tl.constexpr, KX: tl.constexpr,
             KT: tl.constexpr, KA: tl.constexpr):
     """IoU-family loss per box (see the module docstring)."""
     MODE: tl.constexpr = VARIANT % 8
@@ -352,13 +352,16 @@ def box_iou(x, t, a, eps, p1, p2, p3, VARIANT: tl.constexpr, KX: tl.constexpr,
                                                                eps, MODE, FLAVOR)
     d0, d1, d2, d3 = _to_format(gx1, gy1, gx2, gy2, FMT)
     e0, e1, e2, e3 = _to_format(gu1, gv1, gu2, gv2, FMT)
-    return loss, _join4(d0, d1, d2, d3), _join4(e0, e1, e2, e3)
+    g = gs[:, None]
+    return loss, _join4(d0, d1, d2, d3) * g, _join4(e0, e1, e2, e3) * g
 
 
 @triton.jit
-def distribution_focal(x, t, a, clamp_max, p1, p2, p3, VARIANT: tl.constexpr,
+def distribution_focal(x, t, a, gs, clamp_max, p1, p2, p3, VARIANT: tl.constexpr,
                        KX: tl.constexpr, KT: tl.constexpr, KA: tl.constexpr):
-    """DFL per distribution (see the module docstring)."""
+    """DFL per distribution (see the module docstring). Per bin: the hat q_j = max(0, 1 -
+    |j - t|) is the two-hot target (q_l = l + 1 - t, q_{l+1} = t - l, 0 elsewhere), and
+    gs (softmax_j sum(q) - q_j) = e_j (gs sum(q) / s) - gs q_j: three operations per bin."""
     cols = tl.arange(0, x.shape[1])
     valid = (cols < KX)[None, :]
     dist = tl.sum(t, axis=1)  # KT == 1: the one target value of each row
@@ -366,23 +369,22 @@ def distribution_focal(x, t, a, clamp_max, p1, p2, p3, VARIANT: tl.constexpr,
         clamped = (dist < 0.0) | (dist > clamp_max)
         dist = tl.minimum(tl.maximum(dist, 0.0), clamp_max)
     left = tl.floor(dist)
-    q_left = left + 1.0 - dist
-    q_right = dist - left
     colf = cols.to(x.dtype)[None, :]
-    hit_l = colf == left[:, None]
-    hit_r = colf == (left + 1.0)[:, None]
-    q = tl.where(hit_l, q_left[:, None], 0.0) + tl.where(hit_r, q_right[:, None], 0.0)
+    # bins outside [0, KX) are dropped, as the reference's one-hot of an out-of-range class
+    q = tl.where(valid, tl.maximum(1.0 - tl.abs(colf - dist[:, None]), 0.0), 0.0)
     xm = tl.where(valid, x, float("-inf"))
     m = tl.max(xm, axis=1)
-    e = tl.exp2((xm - m[:, None]) * LOG2E)
+    e = tl.exp2(xm * LOG2E - (m * LOG2E)[:, None])
     s = tl.sum(e, axis=1)
     lse = m + fast_log2(s) * LN2
     mass = tl.sum(q, axis=1)
-    loss = lse * mass - tl.sum(q * tl.where(valid, x, 0.0), axis=1)
-    dx = tl.where(valid, e / s[:, None] * mass[:, None] - q, 0.0)
-    x_l = tl.sum(tl.where(hit_l, x, 0.0), axis=1)
-    x_r = tl.sum(tl.where(hit_r, x, 0.0), axis=1)
-    dt = x_l - x_r  # d/dt [q_l (lse - x_l) + q_r (lse - x_r)], both bins inside
+    xq = tl.sum(q * x, axis=1)
+    loss = lse * mass - xq
+    dx = e * (gs * mass * fast_rcp(s))[:, None] - gs[:, None] * q
+    # the target's gradient (compiled away unless the target requires grad)
+    x_l = tl.sum(tl.where(colf == left[:, None], x, 0.0), axis=1)
+    x_r = tl.sum(tl.where(colf == (left + 1.0)[:, None], x, 0.0), axis=1)
+    dt = (x_l - x_r) * gs  # d/dt [q_l (lse - x_l) + q_r (lse - x_r)], both bins inside
     if VARIANT == 1:
         dt = tl.where(clamped, 0.0, dt)
     return loss, dx, tl.zeros_like(t) + dt[:, None]
@@ -390,60 +392,65 @@ def distribution_focal(x, t, a, clamp_max, p1, p2, p3, VARIANT: tl.constexpr,
 
 @triton.jit
 def _side_softmax(x, R: tl.constexpr):
-    """Per side of a (ROWS, 4 R) tile of logits: (x as (ROWS, 4, R), softmax p, expected bin
-    sum_j j p_j, logsumexp)."""
+    """Per side of a (ROWS, 4 R) tile of logits: (x as (ROWS, 4, R), the bins j as a (1, 1, R)
+    float tile, e = exp(x - max), 1 / sum e, the expected bin d = sum_j j e_j / sum e, and
+    logsumexp)."""
     x3 = tl.reshape(x, [x.shape[0], 4, R])
     m = tl.max(x3, axis=2)
-    e = tl.exp2((x3 - m[:, :, None]) * LOG2E)
+    e = tl.exp2(x3 * LOG2E - (m * LOG2E)[:, :, None])
     s = tl.sum(e, axis=2)
-    p = e * fast_rcp(s)[:, :, None]
-    bins = tl.arange(0, R).to(x.dtype)
-    dist = tl.sum(p * bins[None, None, :], axis=2)
+    rs = fast_rcp(s)
+    bins = tl.arange(0, R).to(x.dtype)[None, None, :]
+    dist = tl.sum(e * bins, axis=2) * rs
     lse = m + fast_log2(s) * LN2
-    return x3, p, dist, lse
+    return x3, bins, e, rs, dist, lse
 
 
 @triton.jit
-def yolo_box(x, t, a, eps, lw_iou, lw_dfl, clamp_max, VARIANT: tl.constexpr, KX: tl.constexpr,
-             KT: tl.constexpr, KA: tl.constexpr):
+def yolo_box(x, t, a, gs, eps, lw_iou, lw_dfl, clamp_max, VARIANT: tl.constexpr,
+             KX: tl.constexpr, KT: tl.constexpr, KA: tl.constexpr):
     """ultralytics' box loss per anchor: two outputs (NOUT 2), (1 - CIoU) and DFL.
 
     x (ROWS, 4 R): the anchor's distribution logits, sides l, t, r, b; t (ROWS, 4): the target
     box xyxy; a (ROWS, 2): the anchor point (grid units, as the target). Decode: per side
-    d = sum_j j softmax(x)_j, box = (ax - d_l, ay - d_t, ax + d_r, ay + d_b); CIoU in
-    ultralytics' formula (flavour 2). DFL against the target's distances (bbox2dist,
-    clamped to [0, clamp_max]), the mean over the 4 sides. Gradient:
+    d = sum_j j p_j, p = softmax(x); box = (ax - d_l, ay - d_t, ax + d_r, ay + d_b); CIoU in
+    ultralytics' formula (flavour 2). DFL against the target's distances tq (bbox2dist,
+    clamped to [0, clamp_max]), the mean over the 4 sides, with the two-hot target as the hat
+    q_j = max(0, 1 - |j - tq|). Gradient, with g_d = lw_iou dL_iou / dd per side, c = lw_dfl / 4
+    and e_j = p_j sum e:
 
-        dx = lw_iou g_d p (j - d) + lw_dfl (p - q) / 4   (g_d: dL_iou / d side distance)
+        dx_j = gs [g_d p_j (j - d) + c (p_j - q_j)] = e_j (A j + B) - C q_j,
+        A = gs g_d / sum e,  B = gs (c - g_d d) / sum e,  C = gs c
 
-    and ``saved`` = lw_iou g_d (4 per row), from which ``yolo_box_first_grad`` rebuilds the
-    first term when the two outputs' grad_outputs differ.
+    (per side factors: three operations per logit). ``saved`` = gs g_d (4 per row), from which
+    ``yolo_box_first_grad`` rebuilds the first term when the two outputs' grad_outputs differ.
     """
     R: tl.constexpr = KX // 4
-    x3, p, dist, lse = _side_softmax(x, R)
+    x3, bins, e, rs, dist, lse = _side_softmax(x, R)
     d_l, d_t, d_r, d_b = _split4(dist)
     ax, ay = tl.split(a)
     u1, v1, u2, v2 = _split4(t)
     loss_iou, gx1, gy1, gx2, gy2, _a, _b, _c, _d = _iou_family(
         ax - d_l, ay - d_t, ax + d_r, ay + d_b, u1, v1, u2, v2, eps, 3, 2)
-    g_dist = _join4(-gx1, -gy1, gx2, gy2) * lw_iou
-    bins = tl.arange(0, R).to(x.dtype)[None, None, :]
-    d_iou = g_dist[:, :, None] * p * (bins - dist[:, :, None])
+    gw = gs * lw_iou
+    g_dist = _join4(-gx1, -gy1, gx2, gy2) * gw[:, None]
     target = _join4(ax - u1, ay - v1, u2 - ax, v2 - ay)
     target = tl.minimum(tl.maximum(target, 0.0), clamp_max)
-    left = tl.floor(target)
-    w_left = left + 1.0 - target
-    q = (tl.where(bins == left[:, :, None], w_left[:, :, None], 0.0)
-         + tl.where(bins == (left + 1.0)[:, :, None], (1.0 - w_left)[:, :, None], 0.0))
+    q = tl.maximum(1.0 - tl.abs(bins - target[:, :, None]), 0.0)
     loss_dfl = tl.sum(lse - tl.sum(q * x3, axis=2), axis=1) * 0.25
-    dx = tl.reshape(d_iou + (p - q) * (0.25 * lw_dfl), [x.shape[0], KX])
+    c = gs * (0.25 * lw_dfl)
+    coef_a = g_dist * rs
+    coef_b = (c[:, None] - g_dist * dist) * rs
+    dx3 = e * (bins * coef_a[:, :, None] + coef_b[:, :, None]) - c[:, None, None] * q
+    dx = tl.reshape(dx3, [x.shape[0], KX])
     return (tl.join(loss_iou * lw_iou, loss_dfl * lw_dfl), dx, tl.zeros_like(t), g_dist)
 
 
 @triton.jit
 def yolo_box_first_grad(x, saved, KX: tl.constexpr):
-    """The (1 - CIoU) term's share of yolo_box's gradient, from the logits and saved g_d."""
+    """The (1 - CIoU) term's share of yolo_box's gradient, from the logits and saved g_d:
+    g_d p_j (j - d) = e_j (g_d / sum e) (j - d)."""
     R: tl.constexpr = KX // 4
-    x3, p, dist, lse = _side_softmax(x, R)
-    bins = tl.arange(0, R).to(x.dtype)[None, None, :]
-    return tl.reshape(saved[:, :, None] * p * (bins - dist[:, :, None]), [x.shape[0], KX])
+    x3, bins, e, rs, dist, lse = _side_softmax(x, R)
+    coef = saved * rs
+    return tl.reshape(e * coef[:, :, None] * (bins - dist[:, :, None]), [x.shape[0], KX])

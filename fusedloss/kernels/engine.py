@@ -472,7 +472,7 @@ def fused_row_loss_fwd_kernel(
     KXP: tl.constexpr, KTP: tl.constexpr, KAP: tl.constexpr,
     X_RC: tl.constexpr, T_RC: tl.constexpr, W_RC: tl.constexpr, A_RC: tl.constexpr,
     ZX: tl.constexpr, ZT: tl.constexpr, ZW: tl.constexpr, ZA: tl.constexpr,
-    NOUT: tl.constexpr, KS: tl.constexpr,
+    NOUT: tl.constexpr, KS: tl.constexpr, V: tl.constexpr,
 ):
     """Row losses: one loss value per row of KX input values (boxes: 4 coordinates;
     distributions: n bins), against rows of KT target values and KA auxiliary values (e.g. an
@@ -481,11 +481,23 @@ def fused_row_loss_fwd_kernel(
     A program takes ROWS rows as a (ROWS, KXP) tile (KXP = KX rounded up to a power of two;
     masked columns load 0). Rows are addressed like elements in the strided driver (the row
     index over input.shape[:-1], collapsed, int32 unless IDX64), columns are contiguous. The
-    loss's ``MATH(x, t, a, p0..p3, VARIANT, KX, KT, KA) -> (loss[ROWS], dx[ROWS, KXP],
-    dt[ROWS, KTP])`` works on whole rows (reductions along a row are its own); everything else
-    (zero-weight exclusion, weight, scale, reduction over rows, gradients written in the
+    loss's ``MATH(x, t, a, gs, p0..p3, VARIANT, KX, KT, KA) -> (loss[ROWS], dx[ROWS, KXP],
+    dt[ROWS, KTP])`` works on whole rows (reductions along a row are its own) and returns the
+    gradients already multiplied by ``gs[ROWS]`` (weight x scale, 0 for excluded rows: a loss
+    folds it into its per-row factors, e.g. YOLO's, before the per-value products); everything
+    else (zero-weight exclusion, weight, scale, reduction over rows, gradients written in the
     forward) is the engine's, as for elementwise losses. ``n`` is the number of rows ("mean"
     divides by it); outputs and gradients are contiguous.
+
+    V > 0 (wide rows: DFL's bins, YOLO's 4 x 16 logits): each thread holds whole rows. The
+    input is loaded as a (KXP / V, ROWS, V) tile of V-element vectors (16 bytes) whose middle
+    dimension is the row: Triton then spreads the threads over rows, not over a row's columns,
+    and the permute + reshape to (ROWS, KXP) moves no data. A row's reductions stay inside
+    one thread (no shuffles) and its scalar math (YOLO's CIoU) runs once, not once per thread
+    sharing the row (gpuproxy sass, YOLO fp32: 62 -> see bench/NOTES.md). The gradient is
+    stored through the same arrangement. A warp's 16-byte loads then touch 32 rows' sectors
+    at once, the other half of each sector coming from L1 on the next load: DRAM bytes are
+    unchanged.
 
     NOUT == 2: a loss of two terms (YOLO's IoU and DFL), each reduced into its own output; MATH
     then returns (loss[ROWS, 2], dx, dt, saved[ROWS, KS]): dx is the gradient of the sum of the
@@ -507,12 +519,28 @@ def fused_row_loss_fwd_kernel(
     ot = _row_offsets(r, T_RC, KT, ot)
     if W_RC:
         ow = r
+    if HAS_W:
+        w = tl.load(w_ptr + ow, mask=rmask, other=0).to(ACC)
+        keep = rmask & (w != 0)
+    else:
+        keep = rmask
+    # a zero weight excludes the row even where its values are NaN/inf: its values are not
+    # read (they load as 0; YOLO's background anchors then cost no input bytes)
     cx = tl.arange(0, KXP)
     ct = tl.arange(0, KTP)
     xmask = rmask[:, None] & (cx < KX)[None, :]
     tmask = rmask[:, None] & (ct < KT)[None, :]
-    x = tl.load(x_ptr + ox[:, None] + cx[None, :], mask=xmask, other=0.0).to(ACC)
-    t = tl.load(t_ptr + ot[:, None] + ct[None, :], mask=tmask, other=0.0).to(ACC)
+    if V > 0:  # rows in threads: (KXP / V, ROWS, V) vectors, see the docstring
+        cx3 = (tl.arange(0, KXP // V)[:, None, None] * V + tl.arange(0, V)[None, None, :])
+        xmask3 = rmask[None, :, None] & (cx3 < KX)
+        x = tl.load(x_ptr + ox[None, :, None] + cx3, mask=keep[None, :, None] & (cx3 < KX),
+                    other=0.0).to(ACC)
+        x = tl.reshape(tl.permute(x, (1, 0, 2)), [ROWS, KXP])
+    else:
+        x = tl.load(x_ptr + ox[:, None] + cx[None, :], mask=keep[:, None] & (cx < KX)[None, :],
+                    other=0.0).to(ACC)
+    t = tl.load(t_ptr + ot[:, None] + ct[None, :], mask=keep[:, None] & (ct < KT)[None, :],
+                other=0.0).to(ACC)
     a = None
     if HAS_AUX:
         oa, _o2, _o3, _c2 = operand_offsets(r, NDIM, IDX64, ZA, 63, 63,
@@ -523,39 +551,32 @@ def fused_row_loss_fwd_kernel(
         oa = _row_offsets(r, A_RC, KA, oa)
         ca = tl.arange(0, KAP)
         a = tl.load(aux_ptr + oa[:, None] + ca[None, :],
-                    mask=rmask[:, None] & (ca < KA)[None, :], other=0.0).to(ACC)
-    if HAS_W:
-        w = tl.load(w_ptr + ow, mask=rmask, other=0).to(ACC)
-        keep = rmask & (w != 0)
-        # a zero weight excludes the row even where its values are NaN/inf
-        x = tl.where(keep[:, None], x, 0.0)
-        t = tl.where(keep[:, None], t, 0.0)
-        if HAS_AUX:
-            a = tl.where(keep[:, None], a, 0.0)
-    else:
-        keep = rmask
+                    mask=keep[:, None] & (ca < KA)[None, :], other=0.0).to(ACC)
 
-    if NOUT == 1:
-        loss, dx, dt = MATH(x, t, a, p0, p1, p2, p3, VARIANT, KX, KT, KA)
+    scale = loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr, DENOM, ZERO_SAFE, HAS_LW_PTR, ACC)
+    # the gradients' factor per row, folded in by the loss (x, t, a are 0 in excluded rows, so
+    # their gradients are finite there and become 0)
+    if HAS_W:
+        gs = tl.where(keep, w * scale, 0.0)
     else:
-        loss2, dx, dt, saved = MATH(x, t, a, p0, p1, p2, p3, VARIANT, KX, KT, KA)
+        gs = tl.where(keep, scale, 0.0)
+    if NOUT == 1:
+        loss, dx, dt = MATH(x, t, a, gs, p0, p1, p2, p3, VARIANT, KX, KT, KA)
+    else:
+        loss2, dx, dt, saved = MATH(x, t, a, gs, p0, p1, p2, p3, VARIANT, KX, KT, KA)
         loss, loss_b = tl.split(loss2)
 
     if HAS_W:
         loss = loss * w
-        dx = dx * w[:, None]
-        dt = dt * w[:, None]
     loss = tl.where(keep, loss, 0.0)
-    scale = loss_scale(n, denom_ptr, denom_mult, lw_f, lw_ptr, DENOM, ZERO_SAFE, HAS_LW_PTR, ACC)
     if NOUT == 2:
         if HAS_W:
             loss_b = loss_b * w
-            saved = saved * w[:, None]
         loss_b = tl.where(keep, loss_b, 0.0)
         cs = tl.arange(0, saved.shape[1])
         if NEED_GX:
             store_rounded(saved_ptr + r[:, None] * KS + cs[None, :],
-                          tl.where(keep[:, None], saved * scale, 0.0),
+                          tl.where(keep[:, None], saved, 0.0),
                           rmask[:, None] & (cs < KS)[None, :])
         if REDUCE == 0:
             store_rounded(out_ptr + r * 2 + 1, loss_b * scale, rmask)
@@ -568,11 +589,13 @@ def fused_row_loss_fwd_kernel(
                               partial_ptr + tl.num_programs(0), counter_ptr, FINALIZE, ACC,
                               RBLOCK)
     if NEED_GX:
-        store_rounded(gx_ptr + r[:, None] * KX + cx[None, :],
-                      tl.where(keep[:, None], dx * scale, 0.0), xmask)
+        if V > 0:
+            dx3 = tl.permute(tl.reshape(dx, [ROWS, KXP // V, V]), (1, 0, 2))
+            store_rounded(gx_ptr + r[None, :, None] * KX + cx3, dx3, xmask3)
+        else:
+            store_rounded(gx_ptr + r[:, None] * KX + cx[None, :], dx, xmask)
     if NEED_GT:
-        store_rounded(gt_ptr + r[:, None] * KT + ct[None, :],
-                      tl.where(keep[:, None], dt * scale, 0.0), tmask)
+        store_rounded(gt_ptr + r[:, None] * KT + ct[None, :], dt, tmask)
     if REDUCE == 0:
         store_rounded(out_ptr + r * NOUT, loss * scale, rmask)
     else:
