@@ -82,17 +82,62 @@ def scenarios(leaf):
         ("dfl (16*8400*4, 16)", lambda: fl.distribution_focal_loss(
             leaf(B * A, 4, 16), torch.rand(B * A, 4) * 14.9).backward(), 8.25),
         # Dice, per element of (B, C, *spatial): the sums pass reads x and the int64 labels
-        # (8 B per pixel = 8/C per element); the gradient pass reads both again and writes dx
-        ("dice softmax fwd (8,21,512,512)", dice((8, 21, 512, 512), grad=False), 4 + 8 / 21),
-        ("dice softmax fwd+bwd (8,21,512,512)", dice((8, 21, 512, 512)), 8 + 8 / 21),
+        # (8 B per pixel = 8/C per element); the gradient pass reads both again and writes dx.
+        # The tool's elements per thread count the channels padded to a power of two (CP), so
+        # its floors are per padded element (x C / CP); the second figure, per real element of
+        # the sums pass alone, prices its grid-stride loop body (printed after the tool's table)
+        ("dice softmax fwd (8,21,512,512)", dice((8, 21, 512, 512), grad=False),
+         ((4 + 8 / 21) * 21 / 32, 4 + 8 / 21)),
+        ("dice softmax fwd+bwd (8,21,512,512)", dice((8, 21, 512, 512)),
+         ((8 + 8 / 21) * 21 / 32, 4 + 8 / 21)),
         ("dice softmax bf16 fwd (2,3,128^3)", dice((2, 3, 128, 128, 128), torch.bfloat16,
-                                                   grad=False), 2 + 8 / 3),
+                                                   grad=False), ((2 + 8 / 3) * 3 / 4, 2 + 8 / 3)),
         ("dice softmax bf16 fwd+bwd (2,3,128^3)", dice((2, 3, 128, 128, 128), torch.bfloat16),
-         4 + 8 / 3),
-        ("bce+dice fwd+bwd (8,1,512,512) float mask", dice((8, 1, 512, 512), bce=True), 12),
+         ((4 + 8 / 3) * 3 / 4, 2 + 8 / 3)),
+        ("bce+dice fwd+bwd (8,1,512,512) float mask", dice((8, 1, 512, 512), bce=True), (12, 8)),
         ("yolo box loss fp32 (16,8400,4x16)", yolo(torch.float32), 8.44),
         ("yolo box loss bf16 (16,8400,4x16)", yolo(torch.bfloat16), 4.44),
     ]
+
+
+def loop_estimates(rows, launches, floors, tmp, sass_report):
+    """The tool counts a kernel's SASS once, so a grid-stride loop (the Dice sums pass) reads
+    as nearly free. For such kernels: the loop body (the instructions between the loop's
+    backward branch and its target) over the real elements one iteration covers per thread
+    (C x BLOCK_S / threads: padded channels excluded), priced like the tool's estimate."""
+    out = []
+    for row in rows:
+        kernel, consts = launches.get((row["scenario"], row["kernel"]), (None, None))
+        if kernel is None or "BLOCK_S" not in consts:
+            continue
+        cubin = os.path.join(tmp, f"{kernel.hash}.loop.cubin")
+        with open(cubin, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        insns = [(int(m[1], 16), m[3], int(m[4], 16) if m[4] else -1)
+                 for line in sass_report.cuobjdump("-sass", cubin).splitlines()
+                 if (m := sass_report.INSN.search(line)) and m[3] != "NOP"]
+        loops = [(addr - target, target, addr) for addr, op, target in insns
+                 if op.startswith("BRA") and 0 <= target < addr]
+        if not loops:
+            continue
+        _, start, end = max(loops)
+        body = [op for addr, op, _ in insns if start <= addr <= end]
+        threads = 32 * kernel.metadata.num_warps
+        real = consts["C"] * consts["BLOCK_S"] / threads
+        per = {"sass": len(body) / real}
+        for pipe in ("fp32", "int", "mufu"):
+            per[pipe] = sum(sass_report.pipe(op) == pipe for op in body) / real
+        est = sass_report.estimate(dict(row, per_element=per), floors[row["scenario"]][1])
+        out.append((row["scenario"], row["kernel"], len(body), real, per, est))
+    if out:
+        print("\nGrid-stride loops (the Dice sums pass): per real element of one iteration, "
+              "same H100 ESTIMATE model, floor = the pass's own bytes per real element")
+        print(f"{'scenario':42s} {'kernel':26s} {'body':>5s} {'el/thr':>6s} {'SASS/el':>7s} "
+              f"{'fp32':>5s} {'int':>5s} {'MUFU':>5s} {'B/el':>5s}  compute/mem")
+        for scenario, kernel, n_body, real, per, est in out:
+            print(f"{scenario:42s} {kernel:26s} {n_body:5d} {real:6.1f} {per['sass']:7.1f} "
+                  f"{per['fp32']:5.1f} {per['int']:5.1f} {per['mufu']:5.1f} "
+                  f"{est['floor_bytes_per_element']:5.2f}  {est['compute_mem_ratio']:.2f}")
 
 
 def main() -> None:
@@ -108,19 +153,41 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(here))
     import fakegpu
     import sass_report
+    from triton.runtime.jit import JITFunction
 
     print("#", fakegpu.force_compiled_path())
-    rows, estimates, cache = [], [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, fn, floor in scenarios(sass_report.leaf):
-            if args.k not in label:
-                continue
-            with fakegpu.recording() as log:
-                fn()
-            found = sass_report.kernel_rows(label, log, tmp, cache)
-            rows += found
-            estimates += [sass_report.estimate(r, floor) for r in found if r["main"]]
-    sass_report.print_report(rows, estimates)
+    rows, estimates, cache, launches, floors = [], [], {}, {}, {}
+    real_run = JITFunction.run
+    current = [None, []]
+
+    def run(self, *a, grid, warmup, **kwargs):  # keeps each launch's constexprs
+        kernel = real_run(self, *a, grid=grid, warmup=warmup, **kwargs)
+        if kernel is not None and not warmup:
+            current[1].append((kernel, kwargs))
+        return kernel
+
+    JITFunction.run = run
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, fn, floor in scenarios(sass_report.leaf):
+                if args.k not in label:
+                    continue
+                floor, loop_floor = floor if isinstance(floor, tuple) else (floor, None)
+                current[1] = []
+                with fakegpu.recording() as log:
+                    fn()
+                found = sass_report.kernel_rows(label, log, tmp, cache)
+                rows += found
+                estimates += [sass_report.estimate(r, floor) for r in found if r["main"]]
+                if loop_floor is not None:
+                    floors[label] = (floor, loop_floor)
+                    for kernel, kwargs in current[1]:
+                        if kernel.name == "fused_segment_sums_kernel":
+                            launches[(label, kernel.name)] = (kernel, kwargs)
+            sass_report.print_report(rows, estimates)
+            loop_estimates(rows, launches, floors, tmp, sass_report)
+    finally:
+        JITFunction.run = real_run
 
 
 if __name__ == "__main__":

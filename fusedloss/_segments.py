@@ -33,6 +33,7 @@ from .kernels import engine as K
 _TL = {torch.float32: triton.language.float32, torch.float64: triton.language.float64}
 _INT32_LIMIT = 2 ** 31
 SEGMENT_TILE = 4096  # channels x pixels per program on a GPU (interpreter: larger, see below)
+CHANNELS_IN_THREAD = 32  # up to this many channels (padded), a thread holds all of a pixel's
 REDUCE_TILE = 1024  # channels x partials per step of the finalize's fixed-order sum
 
 SUMS = KernelLauncher(K.fused_segment_sums_kernel, "fused_segment_sums_kernel")
@@ -70,17 +71,28 @@ class SegmentCall(NamedTuple):
 def _geometry(input: torch.Tensor):
     b, c = input.shape[0], input.shape[1]
     s = math.prod(input.shape[2:])
-    return _geometry_of(b, c, s, rt.persistent_programs(input.device), rt.INTERPRETED)
+    return _geometry_of(b, c, s, input.element_size(), rt.persistent_programs(input.device),
+                        rt.INTERPRETED)
 
 
 @functools.lru_cache(maxsize=256)
-def _geometry_of(b: int, c: int, s: int, programs: int, interpreted: bool):
-    """(b, c, s, CP, BLOCK_S, pixel blocks, programs per image, IDX64, EVEN_S)."""
+def _geometry_of(b: int, c: int, s: int, elsize: int, programs: int, interpreted: bool):
+    """(b, c, s, CP, BLOCK_S, pixel blocks, programs per image, IDX64, EVEN_S, PIX, warps)."""
     cp = triton.next_power_of_2(c)
     tile = SEGMENT_TILE
     if interpreted:  # the interpreter's cost is per program: few, large tiles
         tile = max(tile, min(65536, triton.next_power_of_2(max(1, b * c * s) // 8)))
     block_s = max(16, min(tile // cp, triton.next_power_of_2(max(s, 1))))
+    warps = 4 if cp * block_s <= 2048 else 8
+    pix = 0
+    if 2 <= cp <= CHANNELS_IN_THREAD:
+        # every channel of a pixel in one thread (see kernels/engine.py, segment section): pix
+        # pixels of <= 16 bytes per thread, <= 32 values (x and three accumulators in
+        # registers); C is a constexpr, so the padded channels compile away
+        pix = min(16 // elsize, max(1, CHANNELS_IN_THREAD // cp))
+        if not interpreted:
+            warps = 4
+            block_s = 32 * warps * pix
     n_blocks = max(1, -(-s // block_s))
     per_image = max(1, min(n_blocks, programs // max(b, 1)))
     if n_blocks % per_image:  # prefer a divisor: every program then has whole tiles only
@@ -88,11 +100,7 @@ def _geometry_of(b: int, c: int, s: int, programs: int, interpreted: bool):
         per_image = divisor if 2 * divisor >= per_image else per_image
     idx64 = b * c * s >= _INT32_LIMIT
     even = s % block_s == 0 and n_blocks % per_image == 0
-    return b, c, s, cp, block_s, n_blocks, per_image, idx64, even
-
-
-def _warps(cp: int, block_s: int) -> int:
-    return 4 if cp * block_s <= 2048 else 8
+    return b, c, s, cp, block_s, n_blocks, per_image, idx64, even, pix, warps
 
 
 def _loss_shape(b: int, c: int, call: SegmentCall) -> tuple:
@@ -109,18 +117,18 @@ def segment_forward(spec: SegmentSpec, input: torch.Tensor, target: torch.Tensor
                     weight: Optional[torch.Tensor], lw_tensor: Optional[torch.Tensor],
                     call: SegmentCall, need_coef: bool):
     """(loss, coefficients (B, C, 4) or None): the sums pass and the finalize."""
-    b, c, s, cp, block_s, n_blocks, per_image, idx64, even = _geometry(input)
+    b, c, s, cp, block_s, n_blocks, per_image, idx64, even, pix, warps = _geometry(input)
     acc = _acc_dtype(input)
     t_index = target.dim() < input.dim()  # class indices (B, *spatial)
     partial = rt.alloc((4, b, c, per_image), acc, input.device)
     p0, p1, p2, p3 = call.params
     sums_c = dict(ELEM=spec.elem, VARIANT=call.variant, ACT=call.act, T_INDEX=t_index,
                   HAS_GLOBAL=call.global_scale != 0.0, ACC=_TL[acc], CP=cp, BLOCK_S=block_s,
-                  EVEN_S=even, IDX64=idx64)
-    key = (spec.name, "sums", input.dtype, target.dtype, call.variant, call.act, cp, block_s,
+                  EVEN_S=even, IDX64=idx64, C=c, PIX=pix)
+    key = (spec.name, "sums", input.dtype, target.dtype, call.variant, call.act, c, block_s,
            call.global_scale != 0.0, even, idx64, _aligned(input, target))
     SUMS(b * per_image, key, [input, target, partial],
-         [s, c, b, n_blocks, per_image, p0, p1, p2, p3], sums_c, _warps(cp, block_s))
+         [s, b, n_blocks, per_image, p0, p1, p2, p3], sums_c, warps)
     loss = rt.alloc(_loss_shape(b, c, call), acc, input.device)
     coef = rt.alloc((b, c, 4), acc, input.device) if need_coef else None
     segments = (1 if call.batch else b) * (c - call.c_start)
@@ -146,7 +154,7 @@ def segment_forward(spec: SegmentSpec, input: torch.Tensor, target: torch.Tensor
 def segment_backward(spec: SegmentSpec, input: torch.Tensor, target: torch.Tensor,
                      coef: torch.Tensor, go: torch.Tensor, call: SegmentCall) -> torch.Tensor:
     """dL/dinput for grad_output ``go`` (a scalar, or one value per segment for "none")."""
-    b, c, s, cp, block_s, n_blocks, _per_image, idx64, even = _geometry(input)
+    b, c, s, cp, block_s, n_blocks, _per_image, idx64, even, pix, warps = _geometry(input)
     acc = _acc_dtype(input)
     out = rt.alloc(tuple(input.shape), input.dtype, input.device)
     go = go.contiguous()
@@ -155,11 +163,11 @@ def segment_backward(spec: SegmentSpec, input: torch.Tensor, target: torch.Tenso
     consts = dict(ELEM_GRAD=spec.elem_grad, VARIANT=call.variant, ACT=call.act,
                   T_INDEX=target.dim() < input.dim(), GO_PER_SEGMENT=per_segment,
                   BATCH=call.batch, ACC=_TL[acc], CP=cp, BLOCK_S=block_s, EVEN_S=even,
-                  IDX64=idx64)
+                  IDX64=idx64, C=c, PIX=pix)
     key = (spec.name, "grad", input.dtype, target.dtype, go.dtype, call.variant, call.act,
-           per_segment, call.batch, cp, block_s, even, idx64, _aligned(input, target, go))
+           per_segment, call.batch, c, block_s, even, idx64, _aligned(input, target, go))
     GRAD(b * n_blocks, key, [input, target, coef, go, out],
-         [s, c, call.c_start, n_blocks, p0, p1, p2, p3], consts, _warps(cp, block_s))
+         [s, call.c_start, n_blocks, p0, p1, p2, p3], consts, warps)
     return out
 
 

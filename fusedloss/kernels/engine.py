@@ -52,6 +52,16 @@ DENOM_ONE = 0  # "sum" and "none"
 DENOM_NUMEL = 1  # "mean"
 DENOM_TENSOR = 2  # avg_factor tensor, or sum(weight) for "weighted_mean"
 
+# Where two dimensions of a loaded tile have the same contiguity (1 and 1), Triton's coalescing
+# pass breaks the tie differently by version (read from the TTGIR): triton 3.9 puts the
+# threads on the later dimension, 3.6 on the earlier one. The two layouts that rely on it (a
+# row per thread, a pixel's channels per thread) arrange their tiles by this flag so the
+# threads land on the rows / pixels in both; versions between were not measured (either
+# arrangement computes the same values).
+TIES_TO_FIRST_DIM: tl.constexpr = tl.constexpr(
+    tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9))
+
+
 # how a scalar reduction's partials are finalised
 FINALIZE_PARTIALS = 0  # write partials; finalize_kernel sums them (second launch)
 FINALIZE_SINGLE = 1  # one program covers everything: it writes the result itself
@@ -492,7 +502,9 @@ def fused_row_loss_fwd_kernel(
     V > 0 (wide rows: DFL's bins, YOLO's 4 x 16 logits): each thread holds whole rows. The
     input is loaded as a (KXP / V, ROWS, V) tile of V-element vectors (16 bytes) whose middle
     dimension is the row: Triton then spreads the threads over rows, not over a row's columns,
-    and the permute + reshape to (ROWS, KXP) moves no data. A row's reductions stay inside
+    and the permute + reshape to (ROWS, KXP) moves no data (before triton 3.9, which breaks
+    the tie between the row and chunk dimensions the other way, as (ROWS, KXP / V, V):
+    TIES_TO_FIRST_DIM). A row's reductions stay inside
     one thread (no shuffles) and its scalar math (YOLO's CIoU) runs once, not once per thread
     sharing the row (gpuproxy sass, YOLO fp32: 62 -> see bench/NOTES.md). The gradient is
     stored through the same arrangement. A warp's 16-byte loads then touch 32 rows' sectors
@@ -530,7 +542,13 @@ def fused_row_loss_fwd_kernel(
     ct = tl.arange(0, KTP)
     xmask = rmask[:, None] & (cx < KX)[None, :]
     tmask = rmask[:, None] & (ct < KT)[None, :]
-    if V > 0:  # rows in threads: (KXP / V, ROWS, V) vectors, see the docstring
+    if V > 0 and TIES_TO_FIRST_DIM:  # rows in threads, (ROWS, KXP / V, V): see the docstring
+        cx3 = (tl.arange(0, KXP // V)[None, :, None] * V + tl.arange(0, V)[None, None, :])
+        xmask3 = rmask[:, None, None] & (cx3 < KX)
+        x = tl.load(x_ptr + ox[:, None, None] + cx3, mask=keep[:, None, None] & (cx3 < KX),
+                    other=0.0).to(ACC)
+        x = tl.reshape(x, [ROWS, KXP])
+    elif V > 0:  # rows in threads: (KXP / V, ROWS, V) vectors, see the docstring
         cx3 = (tl.arange(0, KXP // V)[:, None, None] * V + tl.arange(0, V)[None, None, :])
         xmask3 = rmask[None, :, None] & (cx3 < KX)
         x = tl.load(x_ptr + ox[None, :, None] + cx3, mask=keep[None, :, None] & (cx3 < KX),
@@ -589,7 +607,10 @@ def fused_row_loss_fwd_kernel(
                               partial_ptr + tl.num_programs(0), counter_ptr, FINALIZE, ACC,
                               RBLOCK)
     if NEED_GX:
-        if V > 0:
+        if V > 0 and TIES_TO_FIRST_DIM:
+            store_rounded(gx_ptr + r[:, None, None] * KX + cx3,
+                          tl.reshape(dx, [ROWS, KXP // V, V]), xmask3)
+        elif V > 0:
             dx3 = tl.permute(tl.reshape(dx, [ROWS, KXP // V, V]), (1, 0, 2))
             store_rounded(gx_ptr + r[None, :, None] * KX + cx3, dx3, xmask3)
         else:
@@ -737,6 +758,14 @@ def rescale_kernel(g_ptr, out_ptr, go_ptr, ref_ptr, n, iters,
 # channel of a pixel in one program, so a softmax over the channels needs no second pass.
 # Layout: channel-first contiguous (B, C, S) (what conv nets produce); the loads are
 # contiguous along the pixels of each channel.
+#
+# PIX > 0 (2 <= CP <= 32): every channel of a pixel in one thread. The pixel offsets carry a
+# contiguity hint of PIX (PIX pixels, <= 16 bytes, per thread), so the coalescing pass puts
+# the threads and warps on the pixels (BLOCK_S = 32 x warps x PIX) and each thread holds all
+# CP channels: the softmax's max and sum over the channels stay in registers (no shuffles, no
+# shared memory), and since C is a constexpr and a register's channel is known at compile
+# time, the padded channels (C = 21 -> 32) compile away. A warp's load is 32 threads x PIX
+# consecutive pixels of one channel: coalesced (gpuproxy sass: bench/NOTES.md).
 
 ACT_NONE = 0  # probabilities given
 ACT_SIGMOID = 1
@@ -744,17 +773,21 @@ ACT_SOFTMAX = 2  # over the channel dimension
 
 
 @triton.jit
-def _segment_tile(x_ptr, t_ptr, b, s0, S, C, ACT: tl.constexpr, T_INDEX: tl.constexpr,
-                  ACC: tl.constexpr, CP: tl.constexpr, BLOCK_S: tl.constexpr,
-                  EVEN_S: tl.constexpr, IDX64: tl.constexpr):
+def _segment_tile(x_ptr, t_ptr, b, s0, S, C: tl.constexpr, ACT: tl.constexpr,
+                  T_INDEX: tl.constexpr, ACC: tl.constexpr, CP: tl.constexpr,
+                  BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, IDX64: tl.constexpr,
+                  PIX: tl.constexpr):
     """Channels x pixels [CP, BLOCK_S] of image b from pixel s0: (x, p = activation(x), t,
-    mask, offsets). p and t are 0 outside the image's channels and pixels (so products and
+    mask, offsets; the offsets are [BLOCK_S, CP] when PIX > 0 and TIES_TO_FIRST_DIM, for a
+    store of the transposed tile). p and t are 0 outside the image's channels and pixels (so products and
     sums of them need no mask); x is 0 there. EVEN_S: the tile lies inside the image (only the
     channel mask, a per-thread constant, remains; none when C == CP). One reciprocal per pixel
     (softmax) or element (sigmoid) on the SFU (``fast_rcp``: rcp.approx, 1 ulp), exponentials
     as ex2.approx (``fast_exp``)."""
     c = tl.arange(0, CP)
     s = s0 + tl.arange(0, BLOCK_S)
+    if PIX > 0:  # channels in threads: see the section comment
+        s = tl.max_contiguous(tl.multiple_of(s, PIX), PIX)
     if IDX64:
         bb = b.to(tl.int64)
         s = s.to(tl.int64)
@@ -766,8 +799,14 @@ def _segment_tile(x_ptr, t_ptr, b, s0, S, C, ACT: tl.constexpr, T_INDEX: tl.cons
         mask = cmask[:, None] & (s >= 0)[None, :]
     else:
         mask = cmask[:, None] & smask[None, :]
-    offs = (bb * C + c[:, None]) * S + s[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    if PIX > 0 and TIES_TO_FIRST_DIM:
+        # loaded as [BLOCK_S, CP] (threads on the pixels, see TIES_TO_FIRST_DIM), transposed
+        # in registers (a layout permutation, no data movement)
+        offs = (bb * C + c[None, :]) * S + s[:, None]
+        x = tl.trans(tl.load(x_ptr + offs, mask=tl.trans(mask), other=0.0)).to(ACC)
+    else:
+        offs = (bb * C + c[:, None]) * S + s[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     if ACT == 1:
         e = fast_exp(-tl.abs(x))
         r = fast_rcp(1.0 + e)
@@ -790,18 +829,20 @@ def _segment_tile(x_ptr, t_ptr, b, s0, S, C, ACT: tl.constexpr, T_INDEX: tl.cons
         label = label.to(tl.int64)
         label = tl.where((label >= 0) & (label < C), label, -1).to(tl.int32)
         t = tl.where(label[None, :] == c[:, None], 1.0, 0.0).to(ACC)
+    elif PIX > 0 and TIES_TO_FIRST_DIM:
+        t = tl.trans(tl.load(t_ptr + offs, mask=tl.trans(mask), other=0.0)).to(ACC)
     else:
         t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
     return x, p, t, mask, offs
 
 
 @triton.jit
-def fused_segment_sums_kernel(x_ptr, t_ptr, partial_ptr, S, C, B, n_blocks, per_image,
-                              p0, p1, p2, p3,
+def fused_segment_sums_kernel(x_ptr, t_ptr, partial_ptr, S, B, n_blocks, per_image,
+                              p0, p1, p2, p3, C: tl.constexpr,
                               ELEM: tl.constexpr, VARIANT: tl.constexpr, ACT: tl.constexpr,
                               T_INDEX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
                               ACC: tl.constexpr, CP: tl.constexpr, BLOCK_S: tl.constexpr,
-                              EVEN_S: tl.constexpr, IDX64: tl.constexpr):
+                              EVEN_S: tl.constexpr, IDX64: tl.constexpr, PIX: tl.constexpr):
     """Program (b, j) of ``per_image`` per image sums ELEM's four per-element quantities over
     pixel blocks j, j + per_image, ... of image b, per channel, in that fixed order, and stores
     partial[k, b, c, j]. ``ELEM(x, p, t, p0..p3, VARIANT) -> (q0, q1, q2, q3)``: q0..q2 must
@@ -822,7 +863,7 @@ def fused_segment_sums_kernel(x_ptr, t_ptr, partial_ptr, S, C, B, n_blocks, per_
     blk = j
     while blk < n_blocks:
         x, p, t, mask, _offs = _segment_tile(x_ptr, t_ptr, b, blk * BLOCK_S, S, C, ACT, T_INDEX,
-                                             ACC, CP, BLOCK_S, EVEN_S, IDX64)
+                                             ACC, CP, BLOCK_S, EVEN_S, IDX64, PIX)
         q0, q1, q2, q3 = ELEM(x, p, t, p0, p1, p2, p3, VARIANT)
         a0 += q0
         a1 += q1
@@ -945,12 +986,13 @@ def segment_finalize_kernel(partial_ptr, out_ptr, coef_ptr, w_ptr, lw_ptr, B, C,
 
 
 @triton.jit
-def fused_segment_grad_kernel(x_ptr, t_ptr, coef_ptr, go_ptr, out_ptr, S, C, c_start, n_blocks,
-                              p0, p1, p2, p3,
+def fused_segment_grad_kernel(x_ptr, t_ptr, coef_ptr, go_ptr, out_ptr, S, c_start, n_blocks,
+                              p0, p1, p2, p3, C: tl.constexpr,
                               ELEM_GRAD: tl.constexpr, VARIANT: tl.constexpr, ACT: tl.constexpr,
                               T_INDEX: tl.constexpr, GO_PER_SEGMENT: tl.constexpr,
                               BATCH: tl.constexpr, ACC: tl.constexpr, CP: tl.constexpr,
-                              BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, IDX64: tl.constexpr):
+                              BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, IDX64: tl.constexpr,
+                              PIX: tl.constexpr):
     """dL/dx for one tile: ``ELEM_GRAD(x, p, t, c0, c1, c2, c3, p0..p3, VARIANT) -> (dL/dp,
     dL/dx directly)`` with the segment's coefficients (times grad_output: one scalar, or per
     segment for "none"), then through the activation: sigmoid p (1 - p); softmax
@@ -959,7 +1001,7 @@ def fused_segment_grad_kernel(x_ptr, t_ptr, coef_ptr, go_ptr, out_ptr, S, C, c_s
     b = pid // n_blocks
     blk = pid % n_blocks
     x, p, t, mask, offs = _segment_tile(x_ptr, t_ptr, b, blk * BLOCK_S, S, C, ACT, T_INDEX,
-                                        ACC, CP, BLOCK_S, EVEN_S, IDX64)
+                                        ACC, CP, BLOCK_S, EVEN_S, IDX64, PIX)
     c = tl.arange(0, CP)
     cmask = c < C
     base = coef_ptr + (b * C + c) * 4
@@ -991,4 +1033,7 @@ def fused_segment_grad_kernel(x_ptr, t_ptr, coef_ptr, go_ptr, out_ptr, S, C, c_s
         dx = p * (dp - tl.sum(dp * p, axis=0)[None, :])
     else:
         dx = dp
-    store_rounded(out_ptr + offs, dx + dx_direct, mask)
+    if PIX > 0 and TIES_TO_FIRST_DIM:  # offs is [BLOCK_S, CP] (see _segment_tile)
+        store_rounded(out_ptr + offs, tl.trans(dx + dx_direct), tl.trans(mask))
+    else:
+        store_rounded(out_ptr + offs, dx + dx_direct, mask)
