@@ -158,12 +158,12 @@ def main() -> None:
     print("#", fakegpu.force_compiled_path())
     rows, estimates, cache, launches, floors = [], [], {}, {}, {}
     real_run = JITFunction.run
-    current = [None, []]
+    recorded = []  # (kernel, constexprs) of the scenario being run
 
     def run(self, *a, grid, warmup, **kwargs):  # keeps each launch's constexprs
         kernel = real_run(self, *a, grid=grid, warmup=warmup, **kwargs)
         if kernel is not None and not warmup:
-            current[1].append((kernel, kwargs))
+            recorded.append((kernel, kwargs))
         return kernel
 
     JITFunction.run = run
@@ -173,7 +173,7 @@ def main() -> None:
                 if args.k not in label:
                     continue
                 floor, loop_floor = floor if isinstance(floor, tuple) else (floor, None)
-                current[1] = []
+                recorded.clear()
                 with fakegpu.recording() as log:
                     fn()
                 found = sass_report.kernel_rows(label, log, tmp, cache)
@@ -181,7 +181,7 @@ def main() -> None:
                 estimates += [sass_report.estimate(r, floor) for r in found if r["main"]]
                 if loop_floor is not None:
                     floors[label] = (floor, loop_floor)
-                    for kernel, kwargs in current[1]:
+                    for kernel, kwargs in recorded:
                         if kernel.name == "fused_segment_sums_kernel":
                             launches[(label, kernel.name)] = (kernel, kwargs)
             sass_report.print_report(rows, estimates)

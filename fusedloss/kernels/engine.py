@@ -88,6 +88,35 @@ def store_rounded(ptr, val, mask):
 
 
 @triton.jit
+def _swap01(v):
+    """v with its first two dimensions swapped: a layout permutation, no data movement."""
+    if len(v.shape) == 2:
+        return tl.trans(v)
+    else:
+        return tl.permute(v, (1, 0, 2))
+
+
+@triton.jit
+def load_swapped(ptr, offs, mask, SWAP: tl.constexpr):
+    """``tl.load(ptr + offs, mask, other=0)``, issued with the tile's first two dimensions
+    swapped when SWAP, so that a tie in their contiguity gives the threads to the dimension
+    the caller wants (see TIES_TO_FIRST_DIM); the tile comes back in the caller's order."""
+    if SWAP:
+        return _swap01(tl.load(ptr + _swap01(offs), mask=_swap01(mask), other=0.0))
+    else:
+        return tl.load(ptr + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def store_swapped(ptr, offs, val, mask, SWAP: tl.constexpr):
+    """``store_rounded`` through the same arrangement as ``load_swapped``."""
+    if SWAP:
+        store_rounded(ptr + _swap01(offs), _swap01(val), _swap01(mask))
+    else:
+        store_rounded(ptr + offs, val, mask)
+
+
+@triton.jit
 def _udiv(rem, magic):
     """floor(rem / d) for int32 0 <= rem < 2^31, without a division instruction.
 
@@ -500,14 +529,13 @@ def fused_row_loss_fwd_kernel(
     divides by it); outputs and gradients are contiguous.
 
     V > 0 (wide rows: DFL's bins, YOLO's 4 x 16 logits): each thread holds whole rows. The
-    input is loaded as a (KXP / V, ROWS, V) tile of V-element vectors (16 bytes) whose middle
-    dimension is the row: Triton then spreads the threads over rows, not over a row's columns,
-    and the permute + reshape to (ROWS, KXP) moves no data (before triton 3.9, which breaks
-    the tie between the row and chunk dimensions the other way, as (ROWS, KXP / V, V):
-    TIES_TO_FIRST_DIM). A row's reductions stay inside
-    one thread (no shuffles) and its scalar math (YOLO's CIoU) runs once, not once per thread
-    sharing the row (gpuproxy sass, YOLO fp32: 62 -> see bench/NOTES.md). The gradient is
-    stored through the same arrangement. A warp's 16-byte loads then touch 32 rows' sectors
+    input is loaded as a (ROWS, KXP / V, V) tile of V-element vectors (16 bytes): only V has
+    contiguity above 1, and ``load_swapped`` issues the load so that the tie between the row
+    and chunk dimensions gives the threads to the rows (TIES_TO_FIRST_DIM), not to a row's
+    columns; the reshape to (ROWS, KXP) moves no data. A row's reductions stay inside one
+    thread (no shuffles) and its scalar math (YOLO's CIoU) runs once, not once per thread
+    sharing the row (gpuproxy sass, YOLO fp32: 62 -> 20 instructions per logit, see
+    bench/NOTES.md). The gradient is stored through the same arrangement. A warp's 16-byte loads then touch 32 rows' sectors
     at once, the other half of each sector coming from L1 on the next load: DRAM bytes are
     unchanged.
 
@@ -542,18 +570,12 @@ def fused_row_loss_fwd_kernel(
     ct = tl.arange(0, KTP)
     xmask = rmask[:, None] & (cx < KX)[None, :]
     tmask = rmask[:, None] & (ct < KT)[None, :]
-    if V > 0 and TIES_TO_FIRST_DIM:  # rows in threads, (ROWS, KXP / V, V): see the docstring
+    if V > 0:  # rows in threads: (ROWS, KXP / V, V) vectors, see the docstring
         cx3 = (tl.arange(0, KXP // V)[None, :, None] * V + tl.arange(0, V)[None, None, :])
         xmask3 = rmask[:, None, None] & (cx3 < KX)
-        x = tl.load(x_ptr + ox[:, None, None] + cx3, mask=keep[:, None, None] & (cx3 < KX),
-                    other=0.0).to(ACC)
-        x = tl.reshape(x, [ROWS, KXP])
-    elif V > 0:  # rows in threads: (KXP / V, ROWS, V) vectors, see the docstring
-        cx3 = (tl.arange(0, KXP // V)[:, None, None] * V + tl.arange(0, V)[None, None, :])
-        xmask3 = rmask[None, :, None] & (cx3 < KX)
-        x = tl.load(x_ptr + ox[None, :, None] + cx3, mask=keep[None, :, None] & (cx3 < KX),
-                    other=0.0).to(ACC)
-        x = tl.reshape(tl.permute(x, (1, 0, 2)), [ROWS, KXP])
+        x = load_swapped(x_ptr, ox[:, None, None] + cx3, keep[:, None, None] & (cx3 < KX),
+                         not TIES_TO_FIRST_DIM)
+        x = tl.reshape(x.to(ACC), [ROWS, KXP])
     else:
         x = tl.load(x_ptr + ox[:, None] + cx[None, :], mask=keep[:, None] & (cx < KX)[None, :],
                     other=0.0).to(ACC)
@@ -607,12 +629,9 @@ def fused_row_loss_fwd_kernel(
                               partial_ptr + tl.num_programs(0), counter_ptr, FINALIZE, ACC,
                               RBLOCK)
     if NEED_GX:
-        if V > 0 and TIES_TO_FIRST_DIM:
-            store_rounded(gx_ptr + r[:, None, None] * KX + cx3,
-                          tl.reshape(dx, [ROWS, KXP // V, V]), xmask3)
-        elif V > 0:
-            dx3 = tl.permute(tl.reshape(dx, [ROWS, KXP // V, V]), (1, 0, 2))
-            store_rounded(gx_ptr + r[None, :, None] * KX + cx3, dx3, xmask3)
+        if V > 0:
+            store_swapped(gx_ptr, r[:, None, None] * KX + cx3,
+                          tl.reshape(dx, [ROWS, KXP // V, V]), xmask3, not TIES_TO_FIRST_DIM)
         else:
             store_rounded(gx_ptr + r[:, None] * KX + cx[None, :], dx, xmask)
     if NEED_GT:
@@ -778,8 +797,7 @@ def _segment_tile(x_ptr, t_ptr, b, s0, S, C: tl.constexpr, ACT: tl.constexpr,
                   BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, IDX64: tl.constexpr,
                   PIX: tl.constexpr):
     """Channels x pixels [CP, BLOCK_S] of image b from pixel s0: (x, p = activation(x), t,
-    mask, offsets; the offsets are [BLOCK_S, CP] when PIX > 0 and TIES_TO_FIRST_DIM, for a
-    store of the transposed tile). p and t are 0 outside the image's channels and pixels (so products and
+    mask, offsets). p and t are 0 outside the image's channels and pixels (so products and
     sums of them need no mask); x is 0 there. EVEN_S: the tile lies inside the image (only the
     channel mask, a per-thread constant, remains; none when C == CP). One reciprocal per pixel
     (softmax) or element (sigmoid) on the SFU (``fast_rcp``: rcp.approx, 1 ulp), exponentials
@@ -799,14 +817,9 @@ def _segment_tile(x_ptr, t_ptr, b, s0, S, C: tl.constexpr, ACT: tl.constexpr,
         mask = cmask[:, None] & (s >= 0)[None, :]
     else:
         mask = cmask[:, None] & smask[None, :]
-    if PIX > 0 and TIES_TO_FIRST_DIM:
-        # loaded as [BLOCK_S, CP] (threads on the pixels, see TIES_TO_FIRST_DIM), transposed
-        # in registers (a layout permutation, no data movement)
-        offs = (bb * C + c[None, :]) * S + s[:, None]
-        x = tl.trans(tl.load(x_ptr + offs, mask=tl.trans(mask), other=0.0)).to(ACC)
-    else:
-        offs = (bb * C + c[:, None]) * S + s[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    offs = (bb * C + c[:, None]) * S + s[None, :]
+    # PIX > 0: both dimensions have contiguity 1 when PIX == 1; the threads go to the pixels
+    x = load_swapped(x_ptr, offs, mask, PIX > 0 and TIES_TO_FIRST_DIM).to(ACC)
     if ACT == 1:
         e = fast_exp(-tl.abs(x))
         r = fast_rcp(1.0 + e)
@@ -829,10 +842,8 @@ def _segment_tile(x_ptr, t_ptr, b, s0, S, C: tl.constexpr, ACT: tl.constexpr,
         label = label.to(tl.int64)
         label = tl.where((label >= 0) & (label < C), label, -1).to(tl.int32)
         t = tl.where(label[None, :] == c[:, None], 1.0, 0.0).to(ACC)
-    elif PIX > 0 and TIES_TO_FIRST_DIM:
-        t = tl.trans(tl.load(t_ptr + offs, mask=tl.trans(mask), other=0.0)).to(ACC)
     else:
-        t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
+        t = load_swapped(t_ptr, offs, mask, PIX > 0 and TIES_TO_FIRST_DIM).to(ACC)
     return x, p, t, mask, offs
 
 
@@ -1033,7 +1044,4 @@ def fused_segment_grad_kernel(x_ptr, t_ptr, coef_ptr, go_ptr, out_ptr, S, c_star
         dx = p * (dp - tl.sum(dp * p, axis=0)[None, :])
     else:
         dx = dp
-    if PIX > 0 and TIES_TO_FIRST_DIM:  # offs is [BLOCK_S, CP] (see _segment_tile)
-        store_rounded(out_ptr + offs, tl.trans(dx + dx_direct), tl.trans(mask))
-    else:
-        store_rounded(out_ptr + offs, dx + dx_direct, mask)
+    store_swapped(out_ptr, offs, dx + dx_direct, mask, PIX > 0 and TIES_TO_FIRST_DIM)
